@@ -1,0 +1,19 @@
+from libc.stdint cimport uint8_t, uint32_t, int64_t
+from cpython.pythread cimport PyThread_type_lock
+from fastpath.state cimport sa_t
+
+cdef class SAState:
+    # the lock makes one thread at a time own the sequence counter, window and contexts, and
+    # keeps close() from wiping keys under a running batch
+    cdef sa_t c
+    cdef PyThread_type_lock _lock
+    cdef bint _closed
+
+    cdef void _wipe(self) noexcept
+
+    # The C level for forwarders written in Cython: no Python objects, callable without the
+    # GIL. Same contracts as encap_batch / decap_batch; returns the number of OK packets.
+    cdef uint32_t encap_burst_c(self, uint8_t *buf, size_t buflen, int64_t *off, uint32_t *lens,
+                                uint8_t *status, uint32_t n, size_t stride) noexcept nogil
+    cdef uint32_t decap_burst_c(self, uint8_t *buf, size_t buflen, int64_t *off, uint32_t *lens,
+                                uint8_t *status, uint32_t n, bint verify) noexcept nogil

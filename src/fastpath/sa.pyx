@@ -1,0 +1,426 @@
+"""SAState: the kernel half of an ESP security association.
+
+An SAState is built once from fully validated parameters (ipsp builds them from
+configuration or the key manager) and then only processes packets. Every per-SA decision is
+made here, in ``__init__``: transform functions, key schedules, the outer header template,
+lengths. Single-packet calls take any buffer-protocol object; batch calls take one buffer and
+offset/length/status arrays, release the GIL once and write a status per packet.
+"""
+
+import os
+
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from cpython.pythread cimport (
+    PyThread_allocate_lock, PyThread_free_lock, PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK)
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.string cimport memset, memcpy
+
+from fastpath._include.compat cimport fp_store_be16, fp_store_be32
+from fastpath.crypto cimport crypto_init, crypto_free, CIPHER_AES_CBC, CIPHER_3DES_CBC, CIPHER_DES_CBC
+from fastpath.crypto import Cipher, Integ, Backend
+from fastpath.esp_in cimport decap_burst, decap_one
+from fastpath.esp_out cimport encap_burst, encap_one
+from fastpath.replay cimport replay_init, replay_free
+from fastpath.state cimport *
+from fastpath.status cimport Status, N_STATUS
+from fastpath.status import raise_for_status, status_name
+from fastpath.wire cimport *
+
+TUNNEL = MODE_TUNNEL
+TRANSPORT = MODE_TRANSPORT
+IP = FRAMING_IP
+ESP = FRAMING_ESP
+DF_COPY_INNER = DF_COPY
+DF_ALWAYS = DF_SET
+DF_NEVER = DF_CLEAR
+
+# below this many packets a batch keeps the GIL: releasing it costs more than it frees
+cdef uint32_t NOGIL_MIN_PACKETS = 8
+
+
+cdef inline int _acquire(object obj, Py_buffer *view, bint writable, str what) except -1:
+    try:
+        PyObject_GetBuffer(obj, view, PyBUF_WRITABLE if writable else PyBUF_SIMPLE)
+    except BufferError as exc:
+        kind = "a writable, contiguous buffer" if writable else "a contiguous buffer"
+        raise BufferError(f"{what} must be {kind}: {exc}") from None
+    except TypeError:
+        raise TypeError(f"{what} must support the buffer protocol, not {type(obj).__name__}") from None
+    return 0
+
+
+cdef class SAState:
+    """One ESP security association's kernel state (unidirectional in RFC 4301 terms; one
+    object can both encapsulate and decapsulate, keeping independent state for each)."""
+
+    def __cinit__(self):
+        self._lock = PyThread_allocate_lock()
+        if self._lock == NULL:
+            raise MemoryError()
+        self._closed = True          # until __init__ has built everything
+
+    def __init__(self, *, uint32_t spi, int cipher, int integ=0, int icv_len=0,
+                 enc_key=b"", auth_key=b"", int mode=MODE_TUNNEL, int framing=FRAMING_IP,
+                 src=None, dst=None, bint udp=False, int sport=UDP_ENCAP_PORT,
+                 int dport=UDP_ENCAP_PORT, bint esn=False, uint32_t replay_window=REPLAY_DEFAULT,
+                 int tfc_pad=0, bint implicit_iv=False, int backend=0, int df=DF_COPY,
+                 dscp=None, int ttl=64, uint64_t seq_out=0):
+        if not self._closed:
+            raise RuntimeError("SAState is already initialised")
+        if spi <= SPI_RESERVED_MAX:
+            raise ValueError(f"SPI {spi:#x} is reserved (RFC 4303 2.1: 0-255 are not assigned to SAs)")
+        if mode not in (MODE_TUNNEL, MODE_TRANSPORT):
+            raise ValueError(f"mode must be TUNNEL or TRANSPORT, got {mode}")
+        if framing not in (FRAMING_IP, FRAMING_ESP):
+            raise ValueError(f"framing must be IP or ESP, got {framing}")
+        if mode == MODE_TRANSPORT and framing != FRAMING_IP:
+            raise ValueError("transport mode needs the packet's own IP header (framing IP)")
+        if esn and replay_window == 0:
+            raise ValueError("ESN needs a replay window to infer the high-order bits (RFC 4303 A2)")
+        if replay_window and replay_window < REPLAY_MIN:
+            raise ValueError(f"replay_window must be 0 (off) or {REPLAY_MIN}..{REPLAY_MAX}, got {replay_window}")
+        if not 0 <= tfc_pad <= 65535:
+            raise ValueError(f"tfc_pad must be 0..65535, got {tfc_pad}")
+        if tfc_pad and mode != MODE_TUNNEL:
+            raise ValueError("TFC padding needs tunnel mode: only an inner IP header delimits it (RFC 4303 2.7)")
+        if df not in (DF_COPY, DF_SET, DF_CLEAR):
+            raise ValueError(f"df must be DF_COPY_INNER, DF_ALWAYS or DF_NEVER, got {df}")
+        if dscp is not None and not 0 <= dscp <= 63:
+            raise ValueError(f"dscp must be 0..63 or None (copy), got {dscp}")
+        if not 1 <= ttl <= 255:
+            raise ValueError(f"ttl must be 1..255, got {ttl}")
+        if udp and not (0 < sport <= 65535 and 0 < dport <= 65535):
+            raise ValueError(f"UDP ports must be 1..65535, got {sport} and {dport}")
+        cdef bytes bsrc = b"", bdst = b""
+        if mode == MODE_TUNNEL and framing == FRAMING_IP:
+            if src is None or dst is None:
+                raise ValueError("tunnel mode needs the outer src and dst addresses")
+            bsrc, bdst = bytes(src), bytes(dst)
+            if len(bsrc) not in (4, 16) or len(bsrc) != len(bdst):
+                raise ValueError("src and dst must both be IPv4 (4 bytes) or both IPv6 (16 bytes)")
+        cdef uint64_t seq_max = 0xffffffffffffffff if esn else 0xffffffff
+        if seq_out > seq_max:
+            raise ValueError(f"seq_out {seq_out} is beyond the last sequence number {seq_max}")
+
+        memset(&self.c, 0, sizeof(sa_t))
+        cdef const uint8_t[::1] ek = enc_key
+        cdef const uint8_t[::1] ak = auth_key
+        try:
+            replay_init(&self.c.replay, replay_window)
+            crypto_init(&self.c.crypto, cipher, integ, icv_len, ek, ak, backend, esn, implicit_iv)
+        except BaseException:
+            replay_free(&self.c.replay)
+            raise
+
+        c = &self.c
+        c.spi = spi
+        c.mode = mode
+        c.framing = framing
+        c.udp = udp
+        c.esn = esn
+        c.df_mode = df
+        c.dscp = DSCP_COPY if dscp is None else dscp
+        c.tfc_max = tfc_pad
+        c.sport = sport
+        c.dport = dport
+        c.seq_out = seq_out
+        c.seq_max = seq_max
+        c.rx_align = c.crypto.block if cipher in (CIPHER_AES_CBC, CIPHER_3DES_CBC, CIPHER_DES_CBC) else 1
+        cdef uint8_t proto = IPPROTO_UDP if udp else IPPROTO_ESP
+        cdef uint16_t iplen = 0
+        if mode == MODE_TUNNEL and framing == FRAMING_IP:
+            c.outer_v6 = len(bsrc) == 16
+            if c.outer_v6:
+                # RFC 8200 section 3; payload length and traffic class are set per packet
+                c.outer[0] = 0x60
+                c.outer[6] = proto
+                c.outer[7] = ttl
+                memcpy(c.outer + 8, <const char *>bsrc, 16)
+                memcpy(c.outer + 24, <const char *>bdst, 16)
+                iplen = IPV6_HDR_LEN
+            else:
+                # RFC 791; length, identification, DF, TOS and checksum are set per packet
+                c.outer[0] = 0x45
+                c.outer[8] = ttl
+                c.outer[9] = proto
+                memcpy(c.outer + 12, <const char *>bsrc, 4)
+                memcpy(c.outer + 16, <const char *>bdst, 4)
+                iplen = IPV4_HDR_MIN
+            c.ip_id = int.from_bytes(os.urandom(2), "big")
+        if udp and framing == FRAMING_IP:
+            # RFC 3948 section 2.1; the IPv4 checksum stays zero, IPv6's is filled per packet
+            fp_store_be16(c.outer + iplen, sport)
+            fp_store_be16(c.outer + iplen + 2, dport)
+            c.outer_len = iplen + UDP_HDR_LEN
+        else:
+            c.outer_len = iplen
+        c.prefix = c.outer_len + ESP_HDR_LEN + c.crypto.iv_len
+        self._closed = False
+
+    def __dealloc__(self):
+        self._wipe()
+        if self._lock != NULL:
+            PyThread_free_lock(self._lock)
+
+    cdef void _wipe(self) noexcept:
+        if not self._closed:
+            crypto_free(&self.c.crypto)
+            replay_free(&self.c.replay)
+            self._closed = True
+
+    def close(self):
+        """Wipe the keys and free the SA's state; every later call raises SAClosedError (batch
+        calls mark their packets SA_DEAD). Waits for a batch running on another thread."""
+        with nogil:
+            PyThread_acquire_lock(self._lock, WAIT_LOCK)
+        try:
+            self._wipe()
+        finally:
+            PyThread_release_lock(self._lock)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def closed(self):
+        return self._closed
+
+    @property
+    def spi(self):
+        return self.c.spi
+
+    @property
+    def mode(self):
+        return self.c.mode
+
+    @property
+    def cipher(self):
+        return Cipher(self.c.crypto.cipher)
+
+    @property
+    def integ(self):
+        return Integ(self.c.crypto.integ)
+
+    @property
+    def backend(self):
+        """The backend chosen for this SA's batches."""
+        return Backend(self.c.crypto.backend)
+
+    @property
+    def iv_len(self):
+        return self.c.crypto.iv_len
+
+    @property
+    def icv_len(self):
+        return self.c.crypto.icv_len
+
+    @property
+    def block_size(self):
+        return self.c.crypto.block
+
+    @property
+    def esn(self):
+        return bool(self.c.esn)
+
+    @property
+    def seq_out(self):
+        """The last sequence number sent (0 before the first packet)."""
+        return self.c.seq_out
+
+    @property
+    def seq_exhausted(self):
+        """True once the last sequence number has been sent: the SA must be rekeyed."""
+        return self.c.seq_out >= self.c.seq_max
+
+    @property
+    def replay_window(self):
+        return self.c.replay.size
+
+    @property
+    def replay_top(self):
+        """The highest authenticated inbound sequence number (0 before the first)."""
+        return self.c.replay.top
+
+    @property
+    def headroom(self):
+        """Bytes an outbound packet needs in front of it (outer headers, ESP header, IV).
+        Transport mode moves the packet's own IP header into this room."""
+        return self.c.prefix
+
+    @property
+    def tailroom(self):
+        """Bytes an outbound packet may need after it: the longest padding, the trailer, the
+        ICV and the largest TFC padding."""
+        return self.c.crypto.block - 1 + ESP_TRAILER_LEN + self.c.crypto.icv_len + self.c.tfc_max
+
+    def overhead(self, uint32_t length):
+        """Bytes ESP adds to a packet of this length (without TFC padding): what path MTU
+        arithmetic needs (the seed: routers must account for the encapsulation)."""
+        cdef uint32_t pad = (0u - (length + ESP_TRAILER_LEN)) & (self.c.crypto.block - 1)
+        return self.c.prefix + pad + ESP_TRAILER_LEN + self.c.crypto.icv_len
+
+    def counters(self):
+        """Packets, bytes and each status per direction, e.g.
+        ``{"out": {"packets": 10, "bytes": 5000, "NO_ROOM": 1, ...}, "in": {...}}``."""
+        out = {"packets": self.c.out_count[0], "bytes": self.c.out_bytes}
+        inb = {"packets": self.c.in_count[0], "bytes": self.c.in_bytes}
+        for k in range(1, N_STATUS):
+            name = status_name(k)
+            out[name] = self.c.out_count[k]
+            inb[name] = self.c.in_count[k]
+        return {"out": out, "in": inb}
+
+    # ------------------------------------------------------------------ single packets
+
+    def encap_into(self, packet, out):
+        """Encapsulate *packet* (an IP packet) into the writable buffer *out*; returns the
+        length written at out[0:]. Raises a PacketError subclass when the packet cannot be
+        processed (the status is on the exception)."""
+        cdef Py_buffer pin, pout
+        cdef uint32_t n = 0
+        cdef int st
+        _acquire(packet, &pin, False, "packet")
+        try:
+            _acquire(out, &pout, True, "out")
+            try:
+                PyThread_acquire_lock(self._lock, WAIT_LOCK)
+                if self._closed:
+                    st = Status.SA_DEAD
+                else:
+                    st = encap_one(&self.c, <const uint8_t *>pin.buf, <uint32_t>pin.len,
+                                   <uint8_t *>pout.buf, <size_t>pout.len, &n)
+                PyThread_release_lock(self._lock)
+            finally:
+                PyBuffer_Release(&pout)
+        finally:
+            PyBuffer_Release(&pin)
+        raise_for_status(st)
+        return n
+
+    def encap(self, packet):
+        """Encapsulate *packet* and return the ESP packet as new bytes."""
+        cdef Py_buffer pin
+        _acquire(packet, &pin, False, "packet")
+        cdef Py_ssize_t cap = pin.len + self.c.prefix + self.c.crypto.block + ESP_TRAILER_LEN + MAX_ICV_LEN + self.c.tfc_max
+        PyBuffer_Release(&pin)
+        out = bytearray(cap)
+        n = self.encap_into(packet, out)
+        return bytes(out[:n])
+
+    def decap_into(self, packet, out, *, bint verify=True):
+        """Decapsulate *packet* into the writable buffer *out*; returns the length of the
+        result at out[0:]. The input is never modified. With verify=False the ICV is stripped
+        unchecked (for captures where only the cipher key is known)."""
+        cdef Py_buffer pin, pout
+        cdef uint32_t n = 0
+        cdef int st
+        _acquire(packet, &pin, False, "packet")
+        try:
+            _acquire(out, &pout, True, "out")
+            try:
+                PyThread_acquire_lock(self._lock, WAIT_LOCK)
+                if self._closed:
+                    st = Status.SA_DEAD
+                else:
+                    st = decap_one(&self.c, <const uint8_t *>pin.buf, <uint32_t>pin.len,
+                                   <uint8_t *>pout.buf, <size_t>pout.len, &n, verify)
+                PyThread_release_lock(self._lock)
+            finally:
+                PyBuffer_Release(&pout)
+        finally:
+            PyBuffer_Release(&pin)
+        raise_for_status(st)
+        return n
+
+    def decap(self, packet, *, bint verify=True):
+        """Decapsulate *packet* and return the result as new bytes."""
+        out = bytearray(len(memoryview(packet).cast("B")))
+        n = self.decap_into(packet, out, verify=verify)
+        return bytes(out[:n])
+
+    # ------------------------------------------------------------------ batches
+
+    cdef uint32_t encap_burst_c(self, uint8_t *buf, size_t buflen, int64_t *off, uint32_t *lens,
+                                uint8_t *status, uint32_t n, size_t stride) noexcept nogil:
+        cdef uint32_t ok = 0, i
+        PyThread_acquire_lock(self._lock, WAIT_LOCK)
+        if self._closed:
+            for i in range(n):
+                status[i] = Status.SA_DEAD
+        else:
+            ok = encap_burst(&self.c, buf, buflen, off, lens, status, n, stride)
+        PyThread_release_lock(self._lock)
+        return ok
+
+    cdef uint32_t decap_burst_c(self, uint8_t *buf, size_t buflen, int64_t *off, uint32_t *lens,
+                                uint8_t *status, uint32_t n, bint verify) noexcept nogil:
+        cdef uint32_t ok = 0, i
+        PyThread_acquire_lock(self._lock, WAIT_LOCK)
+        if self._closed:
+            for i in range(n):
+                status[i] = Status.SA_DEAD
+        else:
+            ok = decap_burst(&self.c, buf, buflen, off, lens, status, n, verify)
+        PyThread_release_lock(self._lock)
+        return ok
+
+    def encap_batch(self, uint8_t[::1] buf not None, int64_t[::1] offsets not None,
+                    uint32_t[::1] lengths not None, uint8_t[::1] status not None,
+                    Py_ssize_t stride):
+        """Encapsulate packets in place. Packet i is buf[offsets[i] : offsets[i] + lengths[i]]
+        and must lie in slot i, buf[i * stride : (i + 1) * stride]: headers are written in
+        front of it (``headroom`` bytes) and the trailer and ICV after it (up to ``tailroom``).
+        offsets and lengths are updated for packets that succeed; status[i] gets each
+        packet's Status. Returns the number of packets that succeeded."""
+        cdef uint32_t n = _check_batch(buf, offsets, lengths, status)
+        if stride <= 0:
+            raise ValueError(f"stride must be positive, got {stride}")
+        cdef Py_ssize_t i
+        for i in range(n):
+            if offsets[i] < i * stride or offsets[i] + lengths[i] > min((i + 1) * stride, buf.shape[0]):
+                raise ValueError(f"packet {i} (offset {offsets[i]}, length {lengths[i]}) is not inside "
+                                 f"its slot [{i * stride}, {(i + 1) * stride}) of a {buf.shape[0]}-byte buffer")
+        cdef uint32_t ok
+        if n == 0:
+            return 0
+        if n >= NOGIL_MIN_PACKETS:
+            with nogil:
+                ok = self.encap_burst_c(&buf[0], buf.shape[0], &offsets[0], &lengths[0], &status[0], n, stride)
+        else:
+            ok = self.encap_burst_c(&buf[0], buf.shape[0], &offsets[0], &lengths[0], &status[0], n, stride)
+        return ok
+
+    def decap_batch(self, uint8_t[::1] buf not None, int64_t[::1] offsets not None,
+                    uint32_t[::1] lengths not None, uint8_t[::1] status not None,
+                    *, bint verify=True):
+        """Decapsulate packets in place: packet i is buf[offsets[i] : offsets[i] + lengths[i]];
+        results never grow, so no slot rule applies. offsets and lengths are updated for
+        packets that succeed; status[i] gets each packet's Status. Returns the number of
+        packets that succeeded."""
+        cdef uint32_t n = _check_batch(buf, offsets, lengths, status)
+        cdef Py_ssize_t i
+        for i in range(n):
+            if offsets[i] < 0 or offsets[i] + lengths[i] > buf.shape[0]:
+                raise ValueError(f"packet {i} (offset {offsets[i]}, length {lengths[i]}) runs outside "
+                                 f"the {buf.shape[0]}-byte buffer")
+        cdef uint32_t ok
+        if n == 0:
+            return 0
+        if n >= NOGIL_MIN_PACKETS:
+            with nogil:
+                ok = self.decap_burst_c(&buf[0], buf.shape[0], &offsets[0], &lengths[0], &status[0], n, verify)
+        else:
+            ok = self.decap_burst_c(&buf[0], buf.shape[0], &offsets[0], &lengths[0], &status[0], n, verify)
+        return ok
+
+
+cdef uint32_t _check_batch(uint8_t[::1] buf, int64_t[::1] offsets, uint32_t[::1] lengths,
+                           uint8_t[::1] status) except? 0xffffffff:
+    cdef Py_ssize_t n = offsets.shape[0]
+    if lengths.shape[0] != n or status.shape[0] < n:
+        raise ValueError(f"offsets ({n}), lengths ({lengths.shape[0]}) and status ({status.shape[0]}) "
+                         "must describe the same number of packets")
+    if n > 0xffffffff:
+        raise ValueError("too many packets in one batch")
+    return <uint32_t>n
+
