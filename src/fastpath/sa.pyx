@@ -65,7 +65,7 @@ cdef class SAState:
                  src=None, dst=None, bint udp=False, int sport=UDP_ENCAP_PORT,
                  int dport=UDP_ENCAP_PORT, bint esn=False, uint32_t replay_window=REPLAY_DEFAULT,
                  int tfc_pad=0, bint implicit_iv=False, int backend=0, int df=DF_COPY,
-                 dscp=None, int ttl=64, uint64_t seq_out=0):
+                 dscp=None, int ttl=64, uint64_t seq_out=0, uint64_t replay_top=0):
         if not self._closed:
             raise RuntimeError("SAState is already initialised")
         if spi <= SPI_RESERVED_MAX:
@@ -102,6 +102,8 @@ cdef class SAState:
         cdef uint64_t seq_max = 0xffffffffffffffff if esn else 0xffffffff
         if seq_out > seq_max:
             raise ValueError(f"seq_out {seq_out} is beyond the last sequence number {seq_max}")
+        if replay_top > seq_max:
+            raise ValueError(f"replay_top {replay_top} is beyond the last sequence number {seq_max}")
 
         memset(&self.c, 0, sizeof(sa_t))
         cdef const uint8_t[::1] ek = enc_key
@@ -124,7 +126,9 @@ cdef class SAState:
         c.tfc_max = tfc_pad
         c.sport = sport
         c.dport = dport
+        # seq_out and replay_top resume an SA's counters (failover, tests near 2^32)
         c.seq_out = seq_out
+        c.replay.top = replay_top
         c.seq_max = seq_max
         c.rx_align = c.crypto.block if cipher in (CIPHER_AES_CBC, CIPHER_3DES_CBC, CIPHER_DES_CBC) else 1
         cdef uint8_t proto = IPPROTO_UDP if udp else IPPROTO_ESP
