@@ -64,12 +64,12 @@ extensions = [
         [str(pyx.relative_to(HERE))],
         include_dirs=include_dirs,
         library_dirs=library_dirs,
-        libraries=libraries + (["IPSec_MB"] if pyx.stem == "mb" else []),
+        libraries=libraries + (["IPSec_MB"] if pyx.stem.startswith("mb") else []),
         define_macros=macros,
         extra_compile_args=cflags,
     )
     for pyx in sorted(SRC.glob("*.pyx"))
-    if pyx.stem != "mb" or with_ipsecmb
+    if not pyx.stem.startswith("mb") or with_ipsecmb
 ]
 
 setup(

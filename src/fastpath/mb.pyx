@@ -109,6 +109,8 @@ cdef extern from "imb_glue.h" nogil:
     IMB_JOB *IMB_SUBMIT_JOB(IMB_MGR *m)
     IMB_JOB *IMB_GET_COMPLETED_JOB(IMB_MGR *m)
     IMB_JOB *IMB_FLUSH_JOB(IMB_MGR *m)
+    void fp_nonce16(uint8_t *out, const uint8_t *salt, const uint8_t *iv, uint64_t seq)
+    void fp_esn_aad16(uint8_t *out, const uint8_t *esp, uint64_t seq)
     chacha_poly_init_t fp_cp_init "fp_mgr()->chacha20_poly1305_init"
     chacha_poly_enc_dec_update_t fp_cp_enc "fp_mgr()->chacha20_poly1305_enc_update"
     chacha_poly_enc_dec_update_t fp_cp_dec "fp_mgr()->chacha20_poly1305_dec_update"
@@ -119,23 +121,20 @@ cdef inline fp_mb_sa *MB(crypto_t *c) noexcept nogil:
     return <fp_mb_sa *>c.mb
 
 
-cdef inline uint32_t aad_of(const crypto_t *c, const crypto_op_t *op, uint8_t *aad) noexcept nogil:
-    # RFC 4106 section 5 (same layout as crypto.pyx builds for OpenSSL)
-    memcpy(aad, op.esp, 4)
+cdef inline const uint8_t *aad_of(const crypto_t *c, const crypto_op_t *op, uint8_t *buf,
+                                  uint32_t *n) noexcept nogil:
+    # RFC 4106 section 5: without ESN the AAD is the ESP header itself (SPI, sequence number)
     if c.esn:
-        fp_store_be32(aad + 4, <uint32_t>(op.seq >> 32))
-        memcpy(aad + 8, op.esp + 4, 4)
-        return 12
-    memcpy(aad + 4, op.esp + 4, 4)
-    return 8
+        fp_esn_aad16(buf, op.esp, op.seq)
+        n[0] = 12
+        return buf
+    n[0] = 8
+    return op.esp
 
 
 cdef inline void nonce_of(const crypto_t *c, const crypto_op_t *op, uint8_t *nonce) noexcept nogil:
-    memcpy(nonce, c.salt, 4)
-    if op.iv != NULL:
-        memcpy(nonce + 4, op.iv, 8)
-    else:
-        fp_store_be64(nonce + 4, op.seq)
+    # RFC 4106 4 / RFC 7634 2: salt || IV; RFC 8750: the IV is the sequence number
+    fp_nonce16(nonce, c.salt, op.iv, op.seq)
 
 
 # ---------------------------------------------------------------------------------------
@@ -144,29 +143,31 @@ cdef inline void nonce_of(const crypto_t *c, const crypto_op_t *op, uint8_t *non
 cdef void seal_gcm(crypto_t *c, crypto_op_t *ops, uint32_t n) noexcept nogil:
     cdef fp_mb_sa *m = MB(c)
     cdef gcm_context_data ctx
-    cdef uint8_t nonce[12]
-    cdef uint8_t aad[12]
+    cdef uint8_t nonce[16]
+    cdef uint8_t aadbuf[16]
+    cdef const uint8_t *aad
     cdef uint32_t i, na
     for i in range(n):
         if ops[i].status != Status.OK:
             continue
         nonce_of(c, &ops[i], nonce)
-        na = aad_of(c, &ops[i], aad)
+        aad = aad_of(c, &ops[i], aadbuf, &na)
         m.gcm_enc(&m.gcm, &ctx, ops[i].dst, ops[i].src, ops[i].len, nonce, aad, na, ops[i].icv, c.icv_len)
 
 
 cdef void open_gcm(crypto_t *c, crypto_op_t *ops, uint32_t n) noexcept nogil:
     cdef fp_mb_sa *m = MB(c)
     cdef gcm_context_data ctx
-    cdef uint8_t nonce[12]
-    cdef uint8_t aad[12]
+    cdef uint8_t nonce[16]
+    cdef uint8_t aadbuf[16]
+    cdef const uint8_t *aad
     cdef uint8_t tag[16]
     cdef uint32_t i, na
     for i in range(n):
         if ops[i].status != Status.OK:
             continue
         nonce_of(c, &ops[i], nonce)
-        na = aad_of(c, &ops[i], aad)
+        aad = aad_of(c, &ops[i], aadbuf, &na)
         m.gcm_dec(&m.gcm, &ctx, ops[i].dst, ops[i].src, ops[i].len, nonce, aad, na, tag, c.icv_len)
         if CRYPTO_memcmp(tag, ops[i].icv, c.icv_len) != 0:
             ops[i].status = Status.ICV_FAIL
@@ -181,14 +182,15 @@ cdef void open_gcm(crypto_t *c, crypto_op_t *ops, uint32_t n) noexcept nogil:
 cdef void seal_chacha(crypto_t *c, crypto_op_t *ops, uint32_t n) noexcept nogil:
     cdef fp_mb_sa *m = MB(c)
     cdef chacha_ctx ctx
-    cdef uint8_t nonce[12]
-    cdef uint8_t aad[12]
+    cdef uint8_t nonce[16]
+    cdef uint8_t aadbuf[16]
+    cdef const uint8_t *aad
     cdef uint32_t i, na
     for i in range(n):
         if ops[i].status != Status.OK:
             continue
         nonce_of(c, &ops[i], nonce)
-        na = aad_of(c, &ops[i], aad)
+        aad = aad_of(c, &ops[i], aadbuf, &na)
         m.cp_init(m.chacha_key, &ctx, nonce, aad, na)
         m.cp_enc(m.chacha_key, &ctx, ops[i].dst, ops[i].src, ops[i].len)
         m.cp_final(&ctx, ops[i].icv, 16)
@@ -197,15 +199,16 @@ cdef void seal_chacha(crypto_t *c, crypto_op_t *ops, uint32_t n) noexcept nogil:
 cdef void open_chacha(crypto_t *c, crypto_op_t *ops, uint32_t n) noexcept nogil:
     cdef fp_mb_sa *m = MB(c)
     cdef chacha_ctx ctx
-    cdef uint8_t nonce[12]
-    cdef uint8_t aad[12]
+    cdef uint8_t nonce[16]
+    cdef uint8_t aadbuf[16]
+    cdef const uint8_t *aad
     cdef uint8_t tag[16]
     cdef uint32_t i, na
     for i in range(n):
         if ops[i].status != Status.OK:
             continue
         nonce_of(c, &ops[i], nonce)
-        na = aad_of(c, &ops[i], aad)
+        aad = aad_of(c, &ops[i], aadbuf, &na)
         m.cp_init(m.chacha_key, &ctx, nonce, aad, na)
         m.cp_dec(m.chacha_key, &ctx, ops[i].dst, ops[i].src, ops[i].len)
         m.cp_final(&ctx, tag, 16)

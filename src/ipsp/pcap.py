@@ -48,7 +48,10 @@ import os
 import struct
 from array import array
 from types import TracebackType
-from typing import BinaryIO, Final
+from typing import BinaryIO, Final, TypeAlias, Union
+
+# Anything exposing a contiguous byte buffer (collections.abc.Buffer is 3.12+).
+BufferLike: TypeAlias = Union[bytes, bytearray, memoryview, mmap.mmap]
 
 __all__ = [
     "TraceError",
@@ -145,6 +148,12 @@ class TraceError(ValueError):
     def __init__(self, offset: int, what: str) -> None:
         super().__init__(f"offset {offset}: {what}")
         self.offset = offset
+        self.what = what
+
+    def __reduce__(self) -> tuple[type[TraceError], tuple[int, str]]:
+        # Exceptions pickle via their args, which here is only the message;
+        # rebuild from the parts so errors survive multiprocessing.
+        return (TraceError, (self.offset, self.what))
 
 
 class _Interface:
@@ -201,19 +210,19 @@ class Trace:
     linktype: int
     nanosecond: bool
     count: int
-    offsets: array
-    caplens: array
-    origlens: array
-    timestamps: array
-    linktypes: array
+    offsets: array[int]
+    caplens: array[int]
+    origlens: array[int]
+    timestamps: array[int]
+    linktypes: array[int]
     truncated_tail: str | None
 
-    def __init__(self, data: object, *, path: str | None = None) -> None:
-        view = memoryview(data)  # type: ignore[arg-type]
+    def __init__(self, data: BufferLike, *, path: str | None = None) -> None:
+        view = memoryview(data)
         if view.ndim != 1 or view.format != "B":
             view = view.cast("B")
         self.path = path
-        self._data: object | None = data
+        self._data: BufferLike | None = data
         self._view: memoryview | None = view
         self.format = "pcap"
         self.linktype = -1
@@ -261,6 +270,8 @@ class Trace:
         self.nanosecond = magic in (_PCAP_MAGIC_NS, _PCAP_MAGIC_NS_SWAPPED)
         if size < _PCAP_HEADER_LEN:
             raise TraceError(0, f"pcap file header cut short ({size} of {_PCAP_HEADER_LEN} bytes)")
+        # thiszone and sigfigs are ignored: the draft requires writers to
+        # store 0 and real-world values are unreliable.
         _, vmaj, vmin, _, _, snaplen, lt_field = _PCAP_HDR[bo].unpack_from(buf, 0)
         # 2.2 and 2.3 files exist in the wild and share the 2.4 layout.
         if vmaj != 2 or vmin > 4:
@@ -583,7 +594,7 @@ def open_trace(path: str | os.PathLike[str]) -> Trace:
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         # mmap refuses empty files, and an empty file is a valid empty trace.
-        data: object = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        data: BufferLike = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
     try:
         return Trace(data, path=os.fspath(path))
     except BaseException:
@@ -627,7 +638,7 @@ class TraceWriter:
         magic = _PCAP_MAGIC_NS if nanosecond else _PCAP_MAGIC_US
         self._file.write(struct.pack("<IHHiIII", magic, 2, 4, 0, 0, snaplen, linktype))
 
-    def write(self, frame: bytes | bytearray | memoryview, timestamp_ns: int, origlen: int | None = None) -> None:
+    def write(self, frame: BufferLike, timestamp_ns: int, origlen: int | None = None) -> None:
         """Append one record; ``origlen`` defaults to the frame's length."""
         f = self._file
         if f is None:

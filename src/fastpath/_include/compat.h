@@ -5,6 +5,7 @@
 
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 #define fp_likely(x)   __builtin_expect(!!(x), 1)
 #define fp_unlikely(x) __builtin_expect(!!(x), 0)
@@ -36,6 +37,14 @@ static inline uint16_t fp_ipv4_csum(const uint8_t *h, size_t ihl)
     uint32_t s = fp_csum_add(0, h, 10);
     s = fp_csum_add(s, h + 12, ihl - 12);
     return (uint16_t)~fp_csum_fold(s);
+}
+
+/* Monotonic nanoseconds, for the floor loops that time themselves. */
+static inline uint64_t fp_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 #endif

@@ -12,3 +12,4 @@ cdef extern from "compat.h" nogil:
     uint32_t fp_csum_add(uint32_t s, const uint8_t *p, size_t n)
     uint16_t fp_csum_fold(uint32_t s)
     uint16_t fp_ipv4_csum(const uint8_t *h, size_t ihl)
+    uint64_t fp_now_ns()
