@@ -5,6 +5,8 @@ from libc.stdint cimport uint32_t, uint64_t
 from fastpath.status cimport Status
 from fastpath.wire cimport REPLAY_MAX
 
+from fastpath import status as _status
+
 
 cdef int replay_init(replay_t *r, uint32_t size) except -1:
     cdef uint32_t words = 1, need
@@ -52,10 +54,10 @@ cdef class ReplayWindow:
         return self.r.top
 
     def check(self, uint64_t seq):
-        return Status(replay_check(&self.r, seq))
+        return _status.Status(replay_check(&self.r, seq))
 
     def update(self, uint64_t seq):
-        return Status(replay_update(&self.r, seq))
+        return _status.Status(replay_update(&self.r, seq))
 
     def esn_infer(self, uint32_t seql):
         """The full 64-bit sequence number inferred for a received low half, or None when

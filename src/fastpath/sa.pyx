@@ -257,9 +257,15 @@ cdef class SAState:
         ICV and the largest TFC padding."""
         return self.c.crypto.block - 1 + ESP_TRAILER_LEN + self.c.crypto.icv_len + self.c.tfc_max
 
-    def overhead(self, uint32_t length):
+    def overhead(self, uint32_t length, uint32_t header_len=0):
         """Bytes ESP adds to a packet of this length (without TFC padding): what path MTU
-        arithmetic needs (the seed: routers must account for the encapsulation)."""
+        arithmetic needs (the seed: routers must account for the encapsulation). In transport
+        mode pass header_len, the bytes of the packet's own IP header (with the IPv6
+        extension headers that stay in front of ESP): only what follows it is padded."""
+        if self.c.mode == MODE_TRANSPORT:
+            if header_len > length:
+                raise ValueError(f"header_len {header_len} is larger than the packet ({length})")
+            length -= header_len
         cdef uint32_t pad = (0u - (length + ESP_TRAILER_LEN)) & (self.c.crypto.block - 1)
         return self.c.prefix + pad + ESP_TRAILER_LEN + self.c.crypto.icv_len
 

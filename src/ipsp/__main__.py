@@ -1,0 +1,5 @@
+import sys
+
+from ipsp.cli import main
+
+sys.exit(main())
