@@ -55,9 +55,6 @@ ctypedef int (*cipher_fn)(crypto_t *c, const uint8_t *iv, const uint8_t *src, ui
 ctypedef void (*hmac_fn)(const hmac_ctx_t *hin, const hmac_ctx_t *hout, const uint8_t *d,
                          size_t n, const uint8_t *d2, size_t n2, uint8_t *md) noexcept nogil
 
-cdef enum:
-    RANDOM_POOL_BYTES = 4096
-
 ctypedef struct crypto_t:
     uint8_t cipher
     uint8_t integ
@@ -78,14 +75,13 @@ ctypedef struct crypto_t:
     cipher_fn cipher_op
     hmac_fn hmac
     uint8_t digest_len
-    uint8_t *pool               # random bytes drawn in bulk from OpenSSL's DRBG (CBC IVs, TFC)
-    uint32_t poolpos
     void *mb                    # intel-ipsec-mb key material, NULL when not used
     burst_fn seal_one           # for single packets
     burst_fn open_one
     burst_fn seal_burst         # for batches
     burst_fn open_burst
     burst_fn open_noverify      # decrypt only, the ICV stripped unchecked (offline tools)
+    burst_fn open_portable      # OpenSSL's open, kept when another backend takes over
 
 # The intel-ipsec-mb backend is a separate, optional extension (fastpath.mb) built only where
 # the library is present; it registers these hooks when imported.
@@ -98,4 +94,6 @@ cdef void crypto_register_mb(mb_setup_fn setup, mb_free_fn release, str arch) no
 cdef int crypto_init(crypto_t *c, int cipher, int integ, int icv_len, const uint8_t[::1] enc_key,
                      const uint8_t[::1] auth_key, int backend, bint esn, bint implicit_iv) except -1
 cdef void crypto_free(crypto_t *c) noexcept nogil
-cdef int crypto_random(crypto_t *c, uint8_t *out, uint32_t n) noexcept nogil
+cdef extern from "rand_pool.h" nogil:
+    # n <= 16 unpredictable bytes from a per-thread pool of OpenSSL DRBG output; -1 on failure
+    int crypto_random "fp_random"(uint8_t *out, uint32_t n)

@@ -8,7 +8,7 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memmove, memset
 
 from fastpath._include.openssl cimport *
-from fastpath._include.compat cimport fp_store_be32, fp_store_be64
+from fastpath._include.compat cimport fp_store_be32, fp_store_be64, fp_copy_small
 from fastpath.status cimport Status
 
 cdef extern from "hmac_pads.h" nogil:
@@ -132,7 +132,7 @@ cdef void seal_encauth(crypto_t *c, crypto_op_t *ops, uint32_t n) noexcept nogil
             continue
         esn_high(c, op, hi, &nhi)
         c.hmac(&c.hin, &c.hout, op.esp, <size_t>(op.dst + op.len - op.esp), hi, nhi, md)
-        memcpy(op.icv, md, c.icv_len)
+        fp_copy_small(op.icv, md, c.icv_len)
 
 
 cdef void open_encauth(crypto_t *c, crypto_op_t *ops, uint32_t n) noexcept nogil:
@@ -164,14 +164,19 @@ cdef void open_encauth_noverify(crypto_t *c, crypto_op_t *ops, uint32_t n) noexc
 # ---------------------------------------------------------------------------------------
 # AEAD transforms through EVP (AES-GCM, ChaCha20-Poly1305) and GMAC
 
-cdef int aead_evp_apply(crypto_t *c, EVP_CIPHER_CTX *ctx, const crypto_op_t *op, int enc,
-                        const uint8_t *src, uint8_t *dst) noexcept nogil:
+cdef int aead_evp_apply(crypto_t *c, EVP_CIPHER_CTX *ctx, const crypto_op_t *op,
+                        const uint8_t *src, uint8_t *dst, uint8_t *tag) noexcept nogil:
+    """Run one packet through an AEAD context up to (not including) Final. The context's
+    direction was fixed when the SA was made (-1 keeps it: no re-initialisation per packet).
+    tag, when given, is the ICV to verify (decryption)."""
     cdef uint8_t nonce[12]
     cdef uint8_t aad[12]
     cdef int outl
     cdef uint32_t naad = build_aad(c, op, aad)
     build_nonce(c, op, nonce)
-    if EVP_CipherInit_ex(ctx, NULL, NULL, NULL, nonce, enc) != 1:
+    if EVP_CipherInit_ex(ctx, NULL, NULL, NULL, nonce, -1) != 1:
+        return -1
+    if tag != NULL and EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, c.icv_len, tag) != 1:
         return -1
     if EVP_CipherUpdate(ctx, NULL, &outl, aad, <int>naad) != 1:
         return -1
@@ -197,7 +202,7 @@ cdef void seal_aead_evp(crypto_t *c, crypto_op_t *ops, uint32_t n) noexcept nogi
         op = &ops[i]
         if op.status != Status.OK:
             continue
-        if (aead_evp_apply(c, c.ectx, op, 1, op.src, op.dst) != 0
+        if (aead_evp_apply(c, c.ectx, op, op.src, op.dst, NULL) != 0
                 or EVP_CipherFinal_ex(c.ectx, tail, &outl) != 1
                 or EVP_CIPHER_CTX_ctrl(c.ectx, EVP_CTRL_AEAD_GET_TAG, c.icv_len, op.icv) != 1):
             op.status = Status.INTERNAL
@@ -214,10 +219,8 @@ cdef void open_aead_evp(crypto_t *c, crypto_op_t *ops, uint32_t n) noexcept nogi
         op = &ops[i]
         if op.status != Status.OK:
             continue
-        memcpy(tag, op.icv, c.icv_len)
-        if (EVP_CipherInit_ex(c.dctx, NULL, NULL, NULL, NULL, 0) != 1
-                or EVP_CIPHER_CTX_ctrl(c.dctx, EVP_CTRL_AEAD_SET_TAG, c.icv_len, tag) != 1
-                or aead_evp_apply(c, c.dctx, op, 0, op.src, op.dst) != 0):
+        fp_copy_small(tag, op.icv, c.icv_len)
+        if aead_evp_apply(c, c.dctx, op, op.src, op.dst, tag) != 0:
             op.status = Status.INTERNAL
             ERR_clear_error()
             continue
@@ -227,7 +230,7 @@ cdef void open_aead_evp(crypto_t *c, crypto_op_t *ops, uint32_t n) noexcept nogi
             if op.src == op.dst and c.cipher != CIPHER_AES_GMAC:
                 # a forged packet decrypted in place is put back as it came: the key
                 # stream is its own inverse, so sealing again restores the ciphertext
-                aead_evp_apply(c, c.ectx, op, 1, op.dst, op.dst)
+                aead_evp_apply(c, c.ectx, op, op.dst, op.dst, NULL)
                 EVP_CipherFinal_ex(c.ectx, tail, &outl)
                 ERR_clear_error()
 
@@ -238,8 +241,7 @@ cdef void open_aead_noverify(crypto_t *c, crypto_op_t *ops, uint32_t n) noexcept
     for i in range(n):
         if ops[i].status != Status.OK:
             continue
-        if (EVP_CipherInit_ex(c.dctx, NULL, NULL, NULL, NULL, 0) != 1
-                or aead_evp_apply(c, c.dctx, &ops[i], 0, ops[i].src, ops[i].dst) != 0):
+        if aead_evp_apply(c, c.dctx, &ops[i], ops[i].src, ops[i].dst, NULL) != 0:
             ops[i].status = Status.INTERNAL
             ERR_clear_error()
 
@@ -388,6 +390,7 @@ cdef _crypto_setup(crypto_t *c, int cipher, int integ, int icv_len, const uint8_
     else:
         c.seal_one, c.open_one, c.open_noverify = seal_encauth, open_encauth, open_encauth_noverify
     c.seal_burst, c.open_burst = c.seal_one, c.open_one
+    c.open_portable = c.open_one
     c.backend = BACKEND_OPENSSL
     if backend == BACKEND_IPSECMB and _mb_setup == NULL:
         raise ValueError("the intel-ipsec-mb backend is not available in this build")
@@ -405,30 +408,7 @@ cdef void crypto_free(crypto_t *c) noexcept nogil:
         EVP_CIPHER_CTX_free(c.ectx)
     if c.dctx != NULL:
         EVP_CIPHER_CTX_free(c.dctx)
-    if c.pool != NULL:
-        OPENSSL_cleanse(c.pool, RANDOM_POOL_BYTES)
-        free(c.pool)
     OPENSSL_cleanse(c, sizeof(crypto_t))
-
-
-cdef int crypto_random(crypto_t *c, uint8_t *out, uint32_t n) noexcept nogil:
-    """n <= 16 unpredictable bytes (RFC 3602 section 3 / RFC 2405 section 5: CBC IVs), taken
-    from a per-SA pool that one RAND_bytes call refills. Returns -1 if the DRBG fails."""
-    if c.pool == NULL:
-        c.pool = <uint8_t *>malloc(RANDOM_POOL_BYTES)
-        if c.pool == NULL:
-            return -1
-        c.poolpos = RANDOM_POOL_BYTES
-    if c.poolpos + n > RANDOM_POOL_BYTES:
-        if RAND_bytes(c.pool, RANDOM_POOL_BYTES) != 1:
-            ERR_clear_error()
-            return -1
-        c.poolpos = 0
-    memcpy(out, c.pool + c.poolpos, n)
-    # drawn bytes are not left behind for a later reader of the pool
-    memset(c.pool + c.poolpos, 0, n)
-    c.poolpos += n
-    return 0
 
 
 # ---------------------------------------------------------------------------------------

@@ -119,7 +119,7 @@ cdef Status decap_prepare(sa_t *sa, const uint8_t *pkt, uint32_t len, uint8_t *o
     body = end - off - ESP_HDR_LEN - c.iv_len - c.icv_len
     if fp_load_be32(esp) != sa.spi:
         return Status.BAD_SPI
-    if body % sa.rx_align:
+    if body & (sa.rx_align - 1):          # rx_align is 1, 8 or 16
         return Status.BAD_LENGTH
     seql = fp_load_be32(esp + 4)
     if sa.esn:

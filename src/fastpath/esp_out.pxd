@@ -4,7 +4,7 @@ from fastpath.state cimport sa_t
 cdef enum:
     # packets prepared, sealed and finished together: enough for the multi-buffer backend to
     # keep its lanes full, small enough for the per-chunk arrays to live on the stack
-    CHUNK = 64
+    CHUNK = 256
 
 cdef uint32_t encap_burst(sa_t *sa, uint8_t *buf, size_t buflen, int64_t *off, uint32_t *lens,
                           uint8_t *status, uint32_t n, size_t stride) noexcept nogil

@@ -14,17 +14,33 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy, memmove, memset
 
 from fastpath._include.compat cimport (
-    fp_load_be16, fp_store_be16, fp_store_be32, fp_store_be64, fp_ipv4_csum, fp_csum_add, fp_csum_fold)
+    fp_load_be16, fp_store_be16, fp_store_be32, fp_store_be64, fp_ipv4_csum, fp_csum_add, fp_csum_fold,
+    fp_copy_small)
 from fastpath.crypto cimport crypto_op_t, crypto_random, CIPHER_AES_CBC, CIPHER_3DES_CBC, CIPHER_DES_CBC
 from fastpath.state cimport *
 from fastpath.status cimport Status, N_STATUS
 from fastpath.wire cimport *
 
 
-cdef inline uint16_t udp6_checksum(const uint8_t *ip6, uint8_t *udp, uint32_t n) noexcept nogil:
+cdef inline const uint8_t *final_destination(const uint8_t *ip6, uint16_t rh_off) noexcept nogil:
+    # RFC 8200 section 8.1: with a routing header the pseudo-header carries the final
+    # destination: the last address of a type 0 or 2 header, Segment List[0] of an SRH
+    # (RFC 8754 section 2), once segments remain to be visited
+    cdef const uint8_t *rh = ip6 + rh_off
+    if rh_off == 0 or rh[3] == 0:
+        return ip6 + 24
+    if (rh[2] == 0 or rh[2] == 2) and rh[1] >= 2:
+        return rh + 8 + (rh[1] // 2 - 1) * 16
+    if rh[2] == 4 and rh[1] >= 2:
+        return rh + 8
+    return ip6 + 24
+
+
+cdef inline uint16_t udp6_checksum(const uint8_t *ip6, uint16_t rh_off, uint8_t *udp, uint32_t n) noexcept nogil:
     # RFC 8200 section 8.1: UDP over IPv6 must carry a checksum (RFC 3948 section 2.1 only
     # lets IPv4 send zero)
-    cdef uint32_t s = fp_csum_add(0, ip6 + 8, 32)
+    cdef uint32_t s = fp_csum_add(0, ip6 + 8, 16)
+    s = fp_csum_add(s, final_destination(ip6, rh_off), 16)
     s += n + IPPROTO_UDP
     fp_store_be16(udp + 6, 0)
     s = fp_csum_add(s, udp, n)
@@ -60,7 +76,8 @@ cdef inline Status inner_check(const uint8_t *pkt, uint32_t *len, uint8_t *nh, u
 
 
 cdef inline Status transport_header(const uint8_t *pkt, uint32_t n, uint16_t *hlen,
-                                    uint16_t *nh_off, uint8_t *proto, uint32_t *tot) noexcept nogil:
+                                    uint16_t *nh_off, uint8_t *proto, uint32_t *tot,
+                                    uint16_t *rh_off) noexcept nogil:
     """Transport mode keeps the packet's own header (RFC 4303 3.1.1): for IPv6 that includes
     hop-by-hop and routing headers, which ESP must follow; a fragment is never protected
     in transport mode (RFC 4301 section 7)."""
@@ -89,6 +106,8 @@ cdef inline Status transport_header(const uint8_t *pkt, uint32_t n, uint16_t *hl
                 nh == IPPROTO_DSTOPTS and off + 2 <= t and pkt[off] == IPPROTO_ROUTING):
             if off + 2 > t or off + (pkt[off + 1] + 1) * 8 > t:
                 return Status.BAD_INNER
+            if nh == IPPROTO_ROUTING:
+                rh_off[0] = <uint16_t>off
             nh_off[0] = <uint16_t>off
             nh = pkt[off]
             off += (pkt[off + 1] + 1) * 8
@@ -106,7 +125,7 @@ cdef Status encap_prepare(sa_t *sa, uint8_t *lo, uint8_t *pkt, uint32_t len, uin
     """Lay out one packet in place. pkt[0:len] is the packet to protect; the result may grow
     down to lo and up to hi (exclusive)."""
     cdef uint8_t nh = 0, tos = 0
-    cdef uint16_t df = 0, hlen = 0, nh_off = 0
+    cdef uint16_t df = 0, hlen = 0, nh_off = 0, old_csum = 0, rh_off = 0
     cdef uint32_t tot = len, plen, tfc = 0, pad, body, total, k
     cdef uint8_t *payload
     cdef uint8_t *start
@@ -122,7 +141,7 @@ cdef Status encap_prepare(sa_t *sa, uint8_t *lo, uint8_t *pkt, uint32_t len, uin
         payload = pkt
         plen = tot
     else:
-        st = transport_header(pkt, len, &hlen, &nh_off, &nh, &tot)
+        st = transport_header(pkt, len, &hlen, &nh_off, &nh, &tot, &rh_off)
         if st != Status.OK:
             return st
         payload = pkt + hlen
@@ -133,7 +152,7 @@ cdef Status encap_prepare(sa_t *sa, uint8_t *lo, uint8_t *pkt, uint32_t len, uin
         return Status.NO_ROOM
     if sa.tfc_max and sa.mode == MODE_TUNNEL:
         # RFC 4303 2.7: tunnel mode may hide the inner length; its own header delimits it
-        if crypto_random(&sa.crypto, rnd, 2) != 0:
+        if crypto_random(rnd, 2) != 0:
             return Status.INTERNAL
         tfc = ((<uint32_t>rnd[0] << 8) | rnd[1]) % (<uint32_t>sa.tfc_max + 1)
     pad = (0u - (plen + tfc + ESP_TRAILER_LEN)) & (sa.crypto.block - 1)
@@ -155,10 +174,12 @@ cdef Status encap_prepare(sa_t *sa, uint8_t *lo, uint8_t *pkt, uint32_t len, uin
 
     # transport: the packet's own header moves in front of the ESP header
     if sa.mode == MODE_TRANSPORT:
+        old_csum = fp_load_be16(pkt + 10)
         memmove(start, pkt, hlen)
 
     # trailer (RFC 4303 2.4-2.7)
-    memset(payload + plen, 0, tfc)
+    if tfc:
+        memset(payload + plen, 0, tfc)
     k = 0
     while k < pad:
         payload[plen + tfc + k] = <uint8_t>(k + 1)
@@ -182,7 +203,7 @@ cdef Status encap_prepare(sa_t *sa, uint8_t *lo, uint8_t *pkt, uint32_t len, uin
     else:
         op.iv = esp + ESP_HDR_LEN
         if sa.crypto.cipher == CIPHER_AES_CBC or sa.crypto.cipher == CIPHER_3DES_CBC or sa.crypto.cipher == CIPHER_DES_CBC:
-            if crypto_random(&sa.crypto, op.iv, sa.crypto.iv_len) != 0:
+            if crypto_random(op.iv, sa.crypto.iv_len) != 0:
                 return Status.INTERNAL
         else:
             # counter modes need a unique IV, and the sequence number is one (RFC 4106 3.1)
@@ -192,18 +213,20 @@ cdef Status encap_prepare(sa_t *sa, uint8_t *lo, uint8_t *pkt, uint32_t len, uin
     m.len = total
     m.ip = start
     m.ip_len = 0
+    m.rh_off = rh_off
     if sa.mode == MODE_TUNNEL and sa.framing == FRAMING_IP:
-        memcpy(start, sa.outer, sa.outer_len)
+        fp_copy_small(start, sa.outer, sa.outer_len)
         ip = start
         if not sa.outer_v6:
             # RFC 4301 5.1.2.1: DSCP copied or set; RFC 6040 section 4.1 (normal mode): ECN copied
-            ip[1] = (tos & ECN_MASK) | ((tos & ~ECN_MASK) if sa.dscp == DSCP_COPY else <uint8_t>(sa.dscp << 2))
+            tos = (tos & ECN_MASK) | ((tos & ~ECN_MASK) if sa.dscp == DSCP_COPY else <uint8_t>(sa.dscp << 2))
+            df = IPV4_DF if sa.df_mode == DF_SET or (sa.df_mode == DF_COPY and df) else 0
+            ip[1] = tos
             fp_store_be16(ip + 2, <uint16_t>total)
             fp_store_be16(ip + 4, sa.ip_id)
+            fp_store_be16(ip + 6, df)
+            fp_store_be16(ip + 10, <uint16_t>~fp_csum_fold(sa.ip4_sum + tos + total + sa.ip_id + df))
             sa.ip_id += 1
-            if sa.df_mode == DF_SET or (sa.df_mode == DF_COPY and df):
-                fp_store_be16(ip + 6, IPV4_DF)
-            fp_store_be16(ip + 10, fp_ipv4_csum(ip, IPV4_HDR_MIN))
             m.ip_len = IPV4_HDR_MIN
         else:
             tos = (tos & ECN_MASK) | ((tos & ~ECN_MASK) if sa.dscp == DSCP_COPY else <uint8_t>(sa.dscp << 2))
@@ -219,14 +242,16 @@ cdef Status encap_prepare(sa_t *sa, uint8_t *lo, uint8_t *pkt, uint32_t len, uin
         ip = start
         ip[nh_off] = IPPROTO_UDP if sa.udp else IPPROTO_ESP
         if ip[0] >> 4 == 4:
+            # RFC 1624 incremental update: total length and protocol change, nothing else
             fp_store_be16(ip + 2, <uint16_t>total)
-            fp_store_be16(ip + 10, fp_ipv4_csum(ip, hlen))
+            fp_store_be16(ip + 10, <uint16_t>~fp_csum_fold(
+                (~old_csum & 0xffff) + (~tot & 0xffff) + total + (~(<uint32_t>nh) & 0xffff) + ip[9]))
         else:
             fp_store_be16(ip + 4, <uint16_t>(total - IPV6_HDR_LEN))
         m.ip_len = hlen
         if sa.udp:
             udp = start + hlen
-            memcpy(udp, sa.outer, UDP_HDR_LEN)
+            fp_copy_small(udp, sa.outer, UDP_HDR_LEN)
             fp_store_be16(udp + 4, <uint16_t>(total - hlen))
     return Status.OK
 
@@ -235,7 +260,7 @@ cdef inline void encap_finish(sa_t *sa, pkt_meta_t *m) noexcept nogil:
     cdef uint8_t *udp
     if sa.udp and m.ip_len and (m.ip[0] >> 4) == 6:
         udp = m.ip + m.ip_len
-        fp_store_be16(udp + 6, udp6_checksum(m.ip, udp, m.len - m.ip_len))
+        fp_store_be16(udp + 6, udp6_checksum(m.ip, m.rh_off, udp, m.len - m.ip_len))
 
 
 

@@ -19,6 +19,7 @@ from fastpath._include.openssl cimport CRYPTO_memcmp, OPENSSL_cleanse
 from fastpath._include.compat cimport fp_store_be32, fp_store_be64
 from fastpath.crypto cimport *
 from fastpath.status cimport Status
+from fastpath.esp_out cimport CHUNK
 
 cdef extern from "stdlib.h" nogil:
     int posix_memalign(void **memptr, size_t alignment, size_t size)
@@ -111,6 +112,7 @@ cdef extern from "imb_glue.h" nogil:
     IMB_JOB *IMB_FLUSH_JOB(IMB_MGR *m)
     void fp_nonce16(uint8_t *out, const uint8_t *salt, const uint8_t *iv, uint64_t seq)
     void fp_esn_aad16(uint8_t *out, const uint8_t *esp, uint64_t seq)
+    void fp_ctr_block16(uint8_t *out, const uint8_t *salt, const uint8_t *iv)
     chacha_poly_init_t fp_cp_init "fp_mgr()->chacha20_poly1305_init"
     chacha_poly_enc_dec_update_t fp_cp_enc "fp_mgr()->chacha20_poly1305_enc_update"
     chacha_poly_enc_dec_update_t fp_cp_dec "fp_mgr()->chacha20_poly1305_dec_update"
@@ -226,7 +228,7 @@ cdef void open_chacha(crypto_t *c, crypto_op_t *ops, uint32_t n) noexcept nogil:
 ctypedef struct job_scratch_t:
     uint8_t ctr[16]         # RFC 3686 counter block
     uint8_t tag[32]         # computed ICV (inbound)
-    uint8_t icv[32]         # received ICV, kept while the ESN high half borrows its place
+    uint32_t icv_head       # first 4 received ICV bytes, kept while the ESN high half borrows them
 
 
 cdef inline void job_fill(crypto_t *c, fp_mb_sa *m, IMB_JOB *j, crypto_op_t *op,
@@ -243,9 +245,7 @@ cdef inline void job_fill(crypto_t *c, fp_mb_sa *m, IMB_JOB *j, crypto_op_t *op,
     fp_job_set_region(j, op.esp, op.dst, coff, op.len, hlen)
     fp_job_set_hmac(j, m.ipad, m.opad)
     if m.cipher_mode == IMB_CIPHER_CNTR:
-        memcpy(s.ctr, c.salt, 4)
-        memcpy(s.ctr + 4, op.iv, 8)
-        fp_store_be32(s.ctr + 12, 1)
+        fp_ctr_block16(s.ctr, c.salt, op.iv)
         j.iv = s.ctr
         j.iv_len_in_bytes = 16
     else:
@@ -257,17 +257,15 @@ cdef inline void job_fill(crypto_t *c, fp_mb_sa *m, IMB_JOB *j, crypto_op_t *op,
         # RFC 4303 2.2.1: the high half follows the payload in the ICV input; its bytes are
         # borrowed from where the ICV sits (DPDK's insert_sqh) and given back afterwards
         if not enc:
-            memcpy(s.icv, op.icv, c.icv_len)
+            memcpy(&s.icv_head, op.icv, 4)
         fp_store_be32(op.icv, <uint32_t>(op.seq >> 32))
-    elif not enc:
-        memcpy(s.icv, op.icv, c.icv_len)
     j.auth_tag_output = op.icv if enc else s.tag
 
 
 cdef void jobs_run(crypto_t *c, crypto_op_t *ops, uint32_t n, bint enc) noexcept nogil:
     cdef IMB_MGR *mgr = fp_mgr()
     cdef fp_mb_sa *m = MB(c)
-    cdef job_scratch_t scratch[64]
+    cdef job_scratch_t scratch[CHUNK]
     cdef IMB_JOB *j
     cdef crypto_op_t *op
     cdef uint32_t i, base = 0, cnt, k
@@ -277,10 +275,15 @@ cdef void jobs_run(crypto_t *c, crypto_op_t *ops, uint32_t n, bint enc) noexcept
                 ops[i].status = Status.INTERNAL
         return
     while base < n:
-        cnt = n - base if n - base < 64 else 64
+        cnt = n - base if n - base < CHUNK else CHUNK
         for k in range(cnt):
             op = &ops[base + k]
             if op.status != Status.OK:
+                continue
+            if c.esn and not enc and op.src != op.dst:
+                # the ESN high half must follow the payload for the library's hash, and an
+                # input opened out of place may be read-only: OpenSSL hashes it in two parts
+                c.open_portable(c, op, 1)
                 continue
             j = IMB_GET_NEXT_JOB(mgr)
             job_fill(c, m, j, op, &scratch[k], enc)
@@ -295,6 +298,10 @@ cdef void jobs_run(crypto_t *c, crypto_op_t *ops, uint32_t n, bint enc) noexcept
         base += cnt
 
 
+cdef inline bint m_cipher_is_null(crypto_t *c) noexcept nogil:
+    return c.cipher == CIPHER_NULL
+
+
 cdef inline void job_done(crypto_t *c, IMB_JOB *j, job_scratch_t *scratch, crypto_op_t *first,
                           bint enc) noexcept nogil:
     cdef crypto_op_t *op = <crypto_op_t *>j.user_data
@@ -302,10 +309,14 @@ cdef inline void job_done(crypto_t *c, IMB_JOB *j, job_scratch_t *scratch, crypt
     if j.status != IMB_STATUS_COMPLETED:
         op.status = Status.INTERNAL
         return
+    if m_cipher_is_null(c) and op.src != op.dst:
+        # the library's NULL cipher writes nothing: an out-of-place call copies it itself
+        memcpy(op.dst, op.src, op.len)
     if enc:
         return
-    memcpy(op.icv, s.icv, c.icv_len)
-    if CRYPTO_memcmp(s.tag, s.icv, c.icv_len) != 0:
+    if c.esn:
+        memcpy(op.icv, &s.icv_head, 4)
+    if CRYPTO_memcmp(s.tag, op.icv, c.icv_len) != 0:
         op.status = Status.ICV_FAIL
         # the job decrypted before the compare could refuse it: put the packet back as it
         # came (CBC and CTR encryption under the same IV undo the decryption exactly)

@@ -15,6 +15,7 @@ ctypedef struct replay_t:
     uint32_t mask       # nwords - 1 (nwords is a power of two holding size + 64 bits)
 
 cdef int replay_init(replay_t *r, uint32_t size) except -1
+cdef void replay_resume(replay_t *r, uint64_t top) noexcept nogil
 cdef void replay_free(replay_t *r) noexcept nogil
 
 

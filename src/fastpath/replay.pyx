@@ -30,6 +30,20 @@ cdef int replay_init(replay_t *r, uint32_t size) except -1:
     return 0
 
 
+cdef void replay_resume(replay_t *r, uint64_t top) noexcept nogil:
+    """Continue a window whose highest received number was *top*, bitmap unknown: every
+    number up to top counts as received, so a resumed SA never accepts a replay (it may
+    refuse a late original, the safe side)."""
+    cdef uint32_t i
+    r.top = top
+    if r.size and top:
+        for i in range(r.mask + 1):
+            r.bits[i] = ~(<uint64_t>0)
+        # numbers above top in top's own word are not received yet; the words after it are
+        # cleared by replay_update as the window advances into them
+        r.bits[(top >> 6) & r.mask] = ~(<uint64_t>0) >> (63 - (top & 63))
+
+
 cdef void replay_free(replay_t *r) noexcept nogil:
     free(r.bits)
     r.bits = NULL

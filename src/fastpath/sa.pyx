@@ -16,12 +16,12 @@ from cpython.pythread cimport (
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memset, memcpy
 
-from fastpath._include.compat cimport fp_store_be16, fp_store_be32
+from fastpath._include.compat cimport fp_store_be16, fp_store_be32, fp_csum_add
 from fastpath.crypto cimport crypto_init, crypto_free, CIPHER_AES_CBC, CIPHER_3DES_CBC, CIPHER_DES_CBC
 from fastpath.crypto import Cipher, Integ, Backend
 from fastpath.esp_in cimport decap_burst, decap_one
 from fastpath.esp_out cimport encap_burst, encap_one
-from fastpath.replay cimport replay_init, replay_free
+from fastpath.replay cimport replay_init, replay_free, replay_resume
 from fastpath.state cimport *
 from fastpath.status cimport Status, N_STATUS
 from fastpath.status import raise_for_status, status_name
@@ -128,7 +128,7 @@ cdef class SAState:
         c.dport = dport
         # seq_out and replay_top resume an SA's counters (failover, tests near 2^32)
         c.seq_out = seq_out
-        c.replay.top = replay_top
+        replay_resume(&c.replay, replay_top)
         c.seq_max = seq_max
         c.rx_align = c.crypto.block if cipher in (CIPHER_AES_CBC, CIPHER_3DES_CBC, CIPHER_DES_CBC) else 1
         cdef uint8_t proto = IPPROTO_UDP if udp else IPPROTO_ESP
@@ -151,6 +151,9 @@ cdef class SAState:
                 memcpy(c.outer + 12, <const char *>bsrc, 4)
                 memcpy(c.outer + 16, <const char *>bdst, 4)
                 iplen = IPV4_HDR_MIN
+                # the words that never change: version/IHL (TOS added per packet), TTL/protocol,
+                # addresses; the checksum is then finished from values, never by re-reading
+                c.ip4_sum = fp_csum_add(0x4500, c.outer + 8, 12)
             c.ip_id = int.from_bytes(os.urandom(2), "big")
         if udp and framing == FRAMING_IP:
             # RFC 3948 section 2.1; the IPv4 checksum stays zero, IPv6's is filled per packet
@@ -344,7 +347,11 @@ cdef class SAState:
 
     def decap(self, packet, *, bint verify=True):
         """Decapsulate *packet* and return the result as new bytes."""
-        out = bytearray(len(memoryview(packet).cast("B")))
+        cdef Py_buffer pin
+        _acquire(packet, &pin, False, "packet")
+        cdef Py_ssize_t cap = pin.len
+        PyBuffer_Release(&pin)
+        out = bytearray(cap)
         n = self.decap_into(packet, out, verify=verify)
         return bytes(out[:n])
 

@@ -39,6 +39,7 @@ ctypedef struct sa_t:
     uint16_t dport
     uint16_t outer_len          # bytes of outer[]: IP + UDP (tunnel), UDP only (transport)
     uint16_t prefix             # bytes written before the protected payload (outer + ESP + IV)
+    uint32_t ip4_sum            # one's-complement sum of the outer IPv4 template's fixed words
     uint8_t outer[MAX_OUTER_HDR]
     # outbound; own cache lines away from the inbound window, as DPDK keeps them apart
     uint64_t seq_out            # last sequence number sent
@@ -58,5 +59,6 @@ ctypedef struct pkt_meta_t:
     uint8_t *ip                 # the packet's own IP header (transport), outer header (decap)
     uint16_t ip_len             # header bytes kept (transport: IP + extension headers)
     uint16_t nh_off             # offset of the next-header byte to patch within ip
+    uint16_t rh_off             # IPv6 routing header within ip (0: none), for the UDP checksum
     uint8_t outer_ecn           # decap: the outer header's ECN field (RFC 6040)
     uint8_t has_outer

@@ -17,6 +17,36 @@ static inline void fp_store_be16(uint8_t *p, uint16_t v) { v = __builtin_bswap16
 static inline void fp_store_be32(uint8_t *p, uint32_t v) { v = __builtin_bswap32(v); memcpy(p, &v, 4); }
 static inline void fp_store_be64(uint8_t *p, uint64_t v) { v = __builtin_bswap64(v); memcpy(p, &v, 8); }
 
+/* Copies and clears of a few bytes whose length is only known at run time (IVs, ICVs,
+ * header templates). A variable-length memcpy becomes `rep movs`, which costs tens of
+ * cycles to start; these use fixed-size, possibly overlapping moves instead. n <= 64, and
+ * the regions must not overlap. */
+static inline void fp_copy_small(uint8_t *d, const uint8_t *s, size_t n)
+{
+    if (n >= 16) {
+        uint8_t a[16], b[16];
+        memcpy(a, s, 16); memcpy(b, s + n - 16, 16);
+        if (n > 32) { memcpy(d + 16, s + 16, 16); if (n > 48) memcpy(d + 32, s + 32, 16); }
+        memcpy(d, a, 16); memcpy(d + n - 16, b, 16);
+    } else if (n >= 8) {
+        uint64_t a, b;
+        memcpy(&a, s, 8); memcpy(&b, s + n - 8, 8);
+        memcpy(d, &a, 8); memcpy(d + n - 8, &b, 8);
+    } else if (n >= 4) {
+        uint32_t a, b;
+        memcpy(&a, s, 4); memcpy(&b, s + n - 4, 4);
+        memcpy(d, &a, 4); memcpy(d + n - 4, &b, 4);
+    } else {
+        for (size_t i = 0; i < n; i++) d[i] = s[i];
+    }
+}
+
+static inline void fp_zero_small(uint8_t *d, size_t n)
+{
+    static const uint8_t zeros[64];
+    fp_copy_small(d, zeros, n);
+}
+
 /* RFC 1071 one's-complement sum, folded; callers complement it. */
 static inline uint32_t fp_csum_add(uint32_t sum, const uint8_t *p, size_t n)
 {

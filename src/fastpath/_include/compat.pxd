@@ -13,3 +13,5 @@ cdef extern from "compat.h" nogil:
     uint16_t fp_csum_fold(uint32_t s)
     uint16_t fp_ipv4_csum(const uint8_t *h, size_t ihl)
     uint64_t fp_now_ns()
+    void fp_copy_small(uint8_t *d, const uint8_t *s, size_t n)
+    void fp_zero_small(uint8_t *d, size_t n)

@@ -22,7 +22,7 @@ static void fp_mgr_key_make(void) { (void)pthread_key_create(&fp_mgr_key, fp_mgr
 
 static inline IMB_MGR *fp_mgr(void)
 {
-    static __thread IMB_MGR *mgr;
+    static __thread IMB_MGR *mgr __attribute__((tls_model("initial-exec")));
     IMB_ARCH arch;
     if (mgr) return mgr;
     pthread_once(&fp_mgr_once, fp_mgr_key_make);
@@ -78,6 +78,17 @@ static inline void fp_nonce16(uint8_t *out, const uint8_t *salt, const uint8_t *
     lo4 = (uint32_t)iv8;
     hi4 = (uint32_t)(iv8 >> 32);
     _mm_storeu_si128((__m128i *)out, _mm_set_epi64x((int64_t)hi4, (int64_t)(s4 | ((uint64_t)lo4 << 32))));
+}
+
+/* RFC 3686 section 4: nonce || IV || 32-bit block counter 1, in one store */
+static inline void fp_ctr_block16(uint8_t *out, const uint8_t *salt, const uint8_t *iv)
+{
+    uint32_t s4;
+    uint64_t iv8;
+    memcpy(&s4, salt, 4);
+    memcpy(&iv8, iv, 8);
+    _mm_storeu_si128((__m128i *)out, _mm_set_epi64x((int64_t)((iv8 >> 32) | ((uint64_t)__builtin_bswap32(1) << 32)),
+                                                    (int64_t)(s4 | (iv8 << 32))));
 }
 
 static inline void fp_esn_aad16(uint8_t *out, const uint8_t *esp, uint64_t seq)
