@@ -52,7 +52,7 @@ libraries = ["crypto"]
 macros = [("OPENSSL_SUPPRESS_DEPRECATED", "1")]
 with_ipsecmb = find_ipsecmb(include_dirs)
 
-cflags = ["-O3", "-Wall", "-Wno-unused-function", "-Wno-unreachable-code"] if not DEBUG else ["-O1", "-g"]
+cflags = ["-O3", "-g0", "-Wall", "-Wno-unused-function", "-Wno-unreachable-code"] if not DEBUG else ["-O1", "-g"]
 if DEBUG:
     macros.append(("FASTPATH_DEBUG", "1"))
 

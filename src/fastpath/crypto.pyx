@@ -327,8 +327,8 @@ cdef _crypto_setup(crypto_t *c, int cipher, int integ, int icv_len, const uint8_
         raise ValueError(f"{Cipher(cipher).name} is an AEAD transform and takes no integrity algorithm")
     if not aead and integ == INTEG_NONE:
         raise ValueError(f"{Cipher(cipher).name} needs an integrity algorithm (ESP without integrity is refused)")
-    if implicit_iv and cipher not in (CIPHER_AES_GCM, CIPHER_CHACHA20_POLY1305, CIPHER_AES_GMAC):
-        raise ValueError("an implicit IV (RFC 8750) is defined only for AES-GCM, AES-GMAC and ChaCha20-Poly1305")
+    if implicit_iv and cipher not in (CIPHER_AES_GCM, CIPHER_CHACHA20_POLY1305):
+        raise ValueError("an implicit IV (RFC 8750) is defined only for AES-GCM and ChaCha20-Poly1305")
 
     c.cipher = cipher
     c.integ = integ

@@ -174,7 +174,10 @@ cdef Status encap_prepare(sa_t *sa, uint8_t *lo, uint8_t *pkt, uint32_t len, uin
 
     # transport: the packet's own header moves in front of the ESP header
     if sa.mode == MODE_TRANSPORT:
-        old_csum = fp_load_be16(pkt + 10)
+        if pkt[0] >> 4 == 4:
+            # the checksum the input's header should carry, recomputed (a bad one is not
+            # passed on); the changes below are then applied to it incrementally (RFC 1624)
+            old_csum = fp_ipv4_csum(pkt, hlen)
         memmove(start, pkt, hlen)
 
     # trailer (RFC 4303 2.4-2.7)

@@ -89,8 +89,8 @@ class SAConfig:
             raise ConfigError(f"backend must be one of {', '.join(_BACKENDS)}, got {self.backend!r}", key="backend")
         if self.df not in _DF:
             raise ConfigError(f"df must be one of {', '.join(_DF)}, got {self.df!r}", key="df")
-        if self.implicit_iv and not t.aead:
-            raise ConfigError("implicit_iv (RFC 8750) needs an AEAD proposal (GCM, GMAC, ChaCha20-Poly1305)",
+        if self.implicit_iv and (not t.aead or t.cipher == fastpath.Cipher.CIPHER_AES_GMAC):
+            raise ConfigError("implicit_iv (RFC 8750) needs an AES-GCM or ChaCha20-Poly1305 proposal",
                               key="implicit_iv")
         if self.esn and self.replay_window == 0:
             raise ConfigError("esn needs a replay window (RFC 4303 Appendix A)", key="replay_window")

@@ -56,7 +56,7 @@ BAD = [
     (GOOD.replace(f'"{K20}"', '{ file = "/nonexistent/k" }'), "sa[0].enc_key: cannot read key file '/nonexistent/k'"),
     (GOOD + 'backend = "gpu"\n', "sa[0].backend: backend must be one of auto, openssl, ipsecmb"),
     (GOOD.replace("aes128gcm16", "aes128-sha1").replace(K20, K16) + f'auth_key = "{K20}"\nimplicit_iv = true\n',
-     "sa[0].implicit_iv: implicit_iv (RFC 8750) needs an AEAD proposal"),
+     "sa[0].implicit_iv: implicit_iv (RFC 8750) needs an AES-GCM or ChaCha20-Poly1305 proposal"),
 ]
 
 
