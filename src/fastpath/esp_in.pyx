@@ -19,9 +19,9 @@ the start of the output buffer (single packet).
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy, memmove, memset
 
-from fastpath._include.compat cimport fp_load_be16, fp_load_be32, fp_store_be16, fp_ipv4_csum
+from fastpath._include.compat cimport fp_load_be16, fp_load_be32, fp_store_be16, fp_ipv4_csum, fp_prefetch_packet
 from fastpath.crypto cimport crypto_op_t
-from fastpath.esp_out cimport CHUNK
+from fastpath.esp_out cimport CHUNK, PREFETCH_AHEAD
 from fastpath.replay cimport replay_check, replay_update, replay_esn_infer
 from fastpath.state cimport *
 from fastpath.status cimport Status, N_STATUS
@@ -253,6 +253,8 @@ cdef uint32_t decap_burst(sa_t *sa, uint8_t *buf, size_t buflen, int64_t *off, u
         cnt = n - base if n - base < CHUNK else CHUNK
         for k in range(cnt):
             i = base + k
+            if i + PREFETCH_AHEAD < n:
+                fp_prefetch_packet(buf + off[i + PREFETCH_AHEAD], lens[i + PREFETCH_AHEAD])
             ops[k].status = decap_prepare(sa, buf + off[i], lens[i], NULL, 0, &ops[k], &meta[k])
         if verify:
             sa.crypto.open_burst(&sa.crypto, ops, cnt)

@@ -5,6 +5,8 @@ cdef enum:
     # packets prepared, sealed and finished together: enough for the multi-buffer backend to
     # keep its lanes full, small enough for the per-chunk arrays to live on the stack
     CHUNK = 256
+    # how far ahead the prepare loops prefetch a packet's first lines
+    PREFETCH_AHEAD = 4
 
 cdef uint32_t encap_burst(sa_t *sa, uint8_t *buf, size_t buflen, int64_t *off, uint32_t *lens,
                           uint8_t *status, uint32_t n, size_t stride) noexcept nogil

@@ -15,7 +15,7 @@ from libc.string cimport memcpy, memmove, memset
 
 from fastpath._include.compat cimport (
     fp_load_be16, fp_store_be16, fp_store_be32, fp_store_be64, fp_ipv4_csum, fp_csum_add, fp_csum_fold,
-    fp_copy_small)
+    fp_copy_small, fp_prefetch_packet)
 from fastpath.crypto cimport crypto_op_t, crypto_random, CIPHER_AES_CBC, CIPHER_3DES_CBC, CIPHER_DES_CBC
 from fastpath.state cimport *
 from fastpath.status cimport Status, N_STATUS
@@ -288,6 +288,8 @@ cdef uint32_t encap_burst(sa_t *sa, uint8_t *buf, size_t buflen, int64_t *off, u
             hi = lo + stride
             if hi > buf + buflen:
                 hi = buf + buflen
+            if i + PREFETCH_AHEAD < n:
+                fp_prefetch_packet(buf + off[i + PREFETCH_AHEAD], lens[i + PREFETCH_AHEAD])
             ops[k].status = encap_prepare(sa, lo, buf + off[i], lens[i], hi, &ops[k], &meta[k])
         sa.crypto.seal_burst(&sa.crypto, ops, cnt)
         for k in range(cnt):

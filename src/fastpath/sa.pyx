@@ -307,7 +307,8 @@ cdef class SAState:
                 PyBuffer_Release(&pout)
         finally:
             PyBuffer_Release(&pin)
-        raise_for_status(st)
+        if st != Status.OK:
+            raise_for_status(st)
         return n
 
     def encap(self, packet):
@@ -342,7 +343,8 @@ cdef class SAState:
                 PyBuffer_Release(&pout)
         finally:
             PyBuffer_Release(&pin)
-        raise_for_status(st)
+        if st != Status.OK:
+            raise_for_status(st)
         return n
 
     def decap(self, packet, *, bint verify=True):

@@ -15,3 +15,4 @@ cdef extern from "compat.h" nogil:
     uint64_t fp_now_ns()
     void fp_copy_small(uint8_t *d, const uint8_t *s, size_t n)
     void fp_zero_small(uint8_t *d, size_t n)
+    void fp_prefetch_packet(const uint8_t *p, uint32_t len)
