@@ -21,102 +21,7 @@ from fastpath.crypto cimport *
 from fastpath.status cimport Status
 from fastpath.esp_out cimport CHUNK
 
-cdef extern from "stdlib.h" nogil:
-    int posix_memalign(void **memptr, size_t alignment, size_t size)
-
-cdef extern from "imb_glue.h" nogil:
-    ctypedef struct IMB_MGR:
-        pass
-    ctypedef struct gcm_context_data "struct gcm_context_data":
-        pass
-    ctypedef struct chacha_ctx "struct chacha20_poly1305_context_data":
-        pass
-    ctypedef struct gcm_key_data "struct gcm_key_data":
-        pass
-    ctypedef int IMB_STATUS
-    ctypedef int IMB_CIPHER_MODE
-    ctypedef int IMB_HASH_ALG
-    ctypedef struct IMB_JOB:
-        const void *enc_keys
-        const void *dec_keys
-        uint64_t key_len_in_bytes
-        const uint8_t *iv
-        uint64_t iv_len_in_bytes
-        uint8_t *auth_tag_output
-        uint64_t auth_tag_output_len_in_bytes
-        IMB_STATUS status
-        IMB_CIPHER_MODE cipher_mode
-        int cipher_direction
-        IMB_HASH_ALG hash_alg
-        int chain_order
-        void *user_data
-    ctypedef void (*aes_gcm_enc_dec_t)(const gcm_key_data *, gcm_context_data *, uint8_t *,
-                                       const uint8_t *, uint64_t, const uint8_t *, const uint8_t *,
-                                       uint64_t, uint8_t *, uint64_t)
-    ctypedef void (*chacha_poly_init_t)(const void *, chacha_ctx *, const void *, const void *, uint64_t)
-    ctypedef void (*chacha_poly_enc_dec_update_t)(const void *, chacha_ctx *, void *, const void *, uint64_t)
-    ctypedef void (*chacha_poly_finalize_t)(chacha_ctx *, void *, uint64_t)
-    ctypedef struct fp_mb_sa:
-        gcm_key_data gcm
-        uint8_t enc_exp[240]
-        uint8_t dec_exp[240]
-        uint64_t des_ks[48]
-        uint8_t ipad[64]
-        uint8_t opad[64]
-        uint8_t chacha_key[32]
-        const void *des3_ks[3]
-        aes_gcm_enc_dec_t gcm_enc
-        aes_gcm_enc_dec_t gcm_dec
-        chacha_poly_init_t cp_init
-        chacha_poly_enc_dec_update_t cp_enc
-        chacha_poly_enc_dec_update_t cp_dec
-        chacha_poly_finalize_t cp_final
-        IMB_CIPHER_MODE cipher_mode
-        IMB_HASH_ALG hash_alg
-        uint64_t key_len
-        const void *enc_keys
-        const void *dec_keys
-
-    enum:
-        IMB_ARCH_NONE, IMB_ARCH_NOAESNI, IMB_ARCH_SSE, IMB_ARCH_AVX, IMB_ARCH_AVX2, IMB_ARCH_AVX512
-        IMB_CIPHER_CBC, IMB_CIPHER_CNTR, IMB_CIPHER_NULL, IMB_CIPHER_DES, IMB_CIPHER_DES3
-        IMB_DIR_ENCRYPT, IMB_DIR_DECRYPT
-        IMB_AUTH_HMAC_SHA_1, IMB_AUTH_HMAC_SHA_256, IMB_AUTH_HMAC_SHA_384, IMB_AUTH_HMAC_SHA_512
-        IMB_AUTH_MD5, IMB_AUTH_NULL
-        IMB_ORDER_CIPHER_HASH, IMB_ORDER_HASH_CIPHER
-        IMB_STATUS_COMPLETED
-
-    const char *imb_get_version_str()
-    IMB_MGR *fp_mgr()
-    int fp_mgr_arch_get()
-    void fp_job_set_hmac(IMB_JOB *j, const uint8_t *ipad, const uint8_t *opad)
-    void fp_job_set_region(IMB_JOB *j, const uint8_t *src, uint8_t *dst, uint64_t cipher_off,
-                           uint64_t cipher_len, uint64_t hash_len)
-    aes_gcm_enc_dec_t fp_gcm_enc_fn(IMB_MGR *m, int klen)
-    aes_gcm_enc_dec_t fp_gcm_dec_fn(IMB_MGR *m, int klen)
-    void IMB_AES128_GCM_PRE(IMB_MGR *m, const void *key, gcm_key_data *kd)
-    void IMB_AES192_GCM_PRE(IMB_MGR *m, const void *key, gcm_key_data *kd)
-    void IMB_AES256_GCM_PRE(IMB_MGR *m, const void *key, gcm_key_data *kd)
-    void IMB_AES_KEYEXP_128(IMB_MGR *m, const void *key, void *enc, void *dec)
-    void IMB_AES_KEYEXP_192(IMB_MGR *m, const void *key, void *enc, void *dec)
-    void IMB_AES_KEYEXP_256(IMB_MGR *m, const void *key, void *enc, void *dec)
-    int IMB_DES_KEYSCHED(IMB_MGR *m, uint64_t *ks, const void *key)
-    void IMB_SHA1_ONE_BLOCK(IMB_MGR *m, const void *src, void *tag)
-    void IMB_SHA256_ONE_BLOCK(IMB_MGR *m, const void *src, void *tag)
-    void IMB_SHA384_ONE_BLOCK(IMB_MGR *m, const void *src, void *tag)
-    void IMB_SHA512_ONE_BLOCK(IMB_MGR *m, const void *src, void *tag)
-    void IMB_MD5_ONE_BLOCK(IMB_MGR *m, const void *src, void *tag)
-    IMB_JOB *IMB_GET_NEXT_JOB(IMB_MGR *m)
-    IMB_JOB *IMB_SUBMIT_JOB(IMB_MGR *m)
-    IMB_JOB *IMB_GET_COMPLETED_JOB(IMB_MGR *m)
-    IMB_JOB *IMB_FLUSH_JOB(IMB_MGR *m)
-    void fp_nonce16(uint8_t *out, const uint8_t *salt, const uint8_t *iv, uint64_t seq)
-    void fp_esn_aad16(uint8_t *out, const uint8_t *esp, uint64_t seq)
-    void fp_ctr_block16(uint8_t *out, const uint8_t *salt, const uint8_t *iv)
-    chacha_poly_init_t fp_cp_init "fp_mgr()->chacha20_poly1305_init"
-    chacha_poly_enc_dec_update_t fp_cp_enc "fp_mgr()->chacha20_poly1305_enc_update"
-    chacha_poly_enc_dec_update_t fp_cp_dec "fp_mgr()->chacha20_poly1305_dec_update"
-    chacha_poly_finalize_t fp_cp_final "fp_mgr()->chacha20_poly1305_finalize"
+from fastpath._include.ipsecmb cimport *
 
 
 cdef inline fp_mb_sa *MB(crypto_t *c) noexcept nogil:
@@ -140,11 +45,33 @@ cdef inline void nonce_of(const crypto_t *c, const crypto_op_t *op, uint8_t *non
 
 
 # ---------------------------------------------------------------------------------------
-# AES-GCM: direct calls
+# AEAD (AES-GCM, ChaCha20-Poly1305): the library's direct calls, one packet at a time (they
+# are single-buffer but vectorised inside; GCM is not multi-buffer in 1.3)
 
-cdef void seal_gcm(crypto_t *c, crypto_op_t *ops, uint32_t n) noexcept nogil:
-    cdef fp_mb_sa *m = MB(c)
+cdef void gcm_apply(fp_mb_sa *m, const uint8_t *nonce, const uint8_t *aad, uint64_t na,
+                    const uint8_t *src, uint8_t *dst, uint64_t n, uint8_t *tag, uint64_t taglen,
+                    int enc) noexcept nogil:
     cdef gcm_context_data ctx
+    if enc:
+        m.gcm_enc(&m.gcm, &ctx, dst, src, n, nonce, aad, na, tag, taglen)
+    else:
+        m.gcm_dec(&m.gcm, &ctx, dst, src, n, nonce, aad, na, tag, taglen)
+
+
+cdef void chacha_apply(fp_mb_sa *m, const uint8_t *nonce, const uint8_t *aad, uint64_t na,
+                       const uint8_t *src, uint8_t *dst, uint64_t n, uint8_t *tag, uint64_t taglen,
+                       int enc) noexcept nogil:
+    cdef chacha_ctx ctx
+    m.cp_init(m.chacha_key, &ctx, nonce, aad, na)
+    if enc:
+        m.cp_enc(m.chacha_key, &ctx, dst, src, n)
+    else:
+        m.cp_dec(m.chacha_key, &ctx, dst, src, n)
+    m.cp_final(&ctx, tag, taglen)
+
+
+cdef void seal_aead(crypto_t *c, crypto_op_t *ops, uint32_t n) noexcept nogil:
+    cdef fp_mb_sa *m = MB(c)
     cdef uint8_t nonce[16]
     cdef uint8_t aadbuf[16]
     cdef const uint8_t *aad
@@ -154,12 +81,11 @@ cdef void seal_gcm(crypto_t *c, crypto_op_t *ops, uint32_t n) noexcept nogil:
             continue
         nonce_of(c, &ops[i], nonce)
         aad = aad_of(c, &ops[i], aadbuf, &na)
-        m.gcm_enc(&m.gcm, &ctx, ops[i].dst, ops[i].src, ops[i].len, nonce, aad, na, ops[i].icv, c.icv_len)
+        m.aead_apply(m, nonce, aad, na, ops[i].src, ops[i].dst, ops[i].len, ops[i].icv, c.icv_len, 1)
 
 
-cdef void open_gcm(crypto_t *c, crypto_op_t *ops, uint32_t n) noexcept nogil:
+cdef void open_aead(crypto_t *c, crypto_op_t *ops, uint32_t n) noexcept nogil:
     cdef fp_mb_sa *m = MB(c)
-    cdef gcm_context_data ctx
     cdef uint8_t nonce[16]
     cdef uint8_t aadbuf[16]
     cdef const uint8_t *aad
@@ -170,56 +96,12 @@ cdef void open_gcm(crypto_t *c, crypto_op_t *ops, uint32_t n) noexcept nogil:
             continue
         nonce_of(c, &ops[i], nonce)
         aad = aad_of(c, &ops[i], aadbuf, &na)
-        m.gcm_dec(&m.gcm, &ctx, ops[i].dst, ops[i].src, ops[i].len, nonce, aad, na, tag, c.icv_len)
+        m.aead_apply(m, nonce, aad, na, ops[i].src, ops[i].dst, ops[i].len, tag, c.icv_len, 0)
         if CRYPTO_memcmp(tag, ops[i].icv, c.icv_len) != 0:
             ops[i].status = Status.ICV_FAIL
             if ops[i].src == ops[i].dst:
                 # put a forged packet back as it came (the key stream is its own inverse)
-                m.gcm_enc(&m.gcm, &ctx, ops[i].dst, ops[i].dst, ops[i].len, nonce, aad, na, tag, c.icv_len)
-
-
-# ---------------------------------------------------------------------------------------
-# ChaCha20-Poly1305: direct calls
-
-cdef void seal_chacha(crypto_t *c, crypto_op_t *ops, uint32_t n) noexcept nogil:
-    cdef fp_mb_sa *m = MB(c)
-    cdef chacha_ctx ctx
-    cdef uint8_t nonce[16]
-    cdef uint8_t aadbuf[16]
-    cdef const uint8_t *aad
-    cdef uint32_t i, na
-    for i in range(n):
-        if ops[i].status != Status.OK:
-            continue
-        nonce_of(c, &ops[i], nonce)
-        aad = aad_of(c, &ops[i], aadbuf, &na)
-        m.cp_init(m.chacha_key, &ctx, nonce, aad, na)
-        m.cp_enc(m.chacha_key, &ctx, ops[i].dst, ops[i].src, ops[i].len)
-        m.cp_final(&ctx, ops[i].icv, 16)
-
-
-cdef void open_chacha(crypto_t *c, crypto_op_t *ops, uint32_t n) noexcept nogil:
-    cdef fp_mb_sa *m = MB(c)
-    cdef chacha_ctx ctx
-    cdef uint8_t nonce[16]
-    cdef uint8_t aadbuf[16]
-    cdef const uint8_t *aad
-    cdef uint8_t tag[16]
-    cdef uint32_t i, na
-    for i in range(n):
-        if ops[i].status != Status.OK:
-            continue
-        nonce_of(c, &ops[i], nonce)
-        aad = aad_of(c, &ops[i], aadbuf, &na)
-        m.cp_init(m.chacha_key, &ctx, nonce, aad, na)
-        m.cp_dec(m.chacha_key, &ctx, ops[i].dst, ops[i].src, ops[i].len)
-        m.cp_final(&ctx, tag, 16)
-        if CRYPTO_memcmp(tag, ops[i].icv, 16) != 0:
-            ops[i].status = Status.ICV_FAIL
-            if ops[i].src == ops[i].dst:
-                m.cp_init(m.chacha_key, &ctx, nonce, aad, na)
-                m.cp_enc(m.chacha_key, &ctx, ops[i].dst, ops[i].dst, ops[i].len)
-                m.cp_final(&ctx, tag, 16)
+                m.aead_apply(m, nonce, aad, na, ops[i].dst, ops[i].dst, ops[i].len, tag, c.icv_len, 1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -402,11 +284,13 @@ cdef int mb_setup(crypto_t *c, const uint8_t *key, size_t klen, const uint8_t *a
             IMB_AES256_GCM_PRE(mgr, key, &m.gcm)
         m.gcm_enc = fp_gcm_enc_fn(mgr, <int>klen)
         m.gcm_dec = fp_gcm_dec_fn(mgr, <int>klen)
-        c.seal_one, c.open_one, c.seal_burst, c.open_burst = seal_gcm, open_gcm, seal_gcm, open_gcm
+        m.aead_apply = gcm_apply
+        c.seal_one, c.open_one, c.seal_burst, c.open_burst = seal_aead, open_aead, seal_aead, open_aead
     elif cipher == CIPHER_CHACHA20_POLY1305:
         memcpy(m.chacha_key, key, 32)
         m.cp_init, m.cp_enc, m.cp_dec, m.cp_final = fp_cp_init, fp_cp_enc, fp_cp_dec, fp_cp_final
-        c.seal_one, c.open_one, c.seal_burst, c.open_burst = seal_chacha, open_chacha, seal_chacha, open_chacha
+        m.aead_apply = chacha_apply
+        c.seal_one, c.open_one, c.seal_burst, c.open_burst = seal_aead, open_aead, seal_aead, open_aead
     else:
         m.hash_alg = HASH_ALG[c.integ]
         hmac_pad_state(mgr, c.integ, akey, aklen, 0x36, m.ipad)

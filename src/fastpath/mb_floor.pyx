@@ -2,57 +2,12 @@
 measured in the same run as the kernel (see floor.pyx for the conventions)."""
 
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+from libc.stdlib cimport free
 from libc.string cimport memset
 
 from fastpath._include.compat cimport fp_now_ns as now_ns
 
-cdef extern from "imb_glue.h" nogil:
-    ctypedef struct IMB_MGR:
-        pass
-    ctypedef struct gcm_context_data "struct gcm_context_data":
-        pass
-    ctypedef struct fp_mb_sa:
-        pass
-    ctypedef struct gcm_key_data "struct gcm_key_data":
-        pass
-    ctypedef struct IMB_JOB:
-        const void *enc_keys
-        const void *dec_keys
-        uint64_t key_len_in_bytes
-        const uint8_t *iv
-        uint64_t iv_len_in_bytes
-        uint8_t *auth_tag_output
-        uint64_t auth_tag_output_len_in_bytes
-        int status
-        int cipher_mode
-        int cipher_direction
-        int hash_alg
-        int chain_order
-    enum:
-        IMB_CIPHER_CBC, IMB_CIPHER_DES, IMB_DIR_ENCRYPT, IMB_DIR_DECRYPT, IMB_AUTH_HMAC_SHA_1
-        IMB_ORDER_CIPHER_HASH, IMB_ORDER_HASH_CIPHER
-    IMB_MGR *fp_mgr()
-    void fp_job_set_hmac(IMB_JOB *j, const uint8_t *ipad, const uint8_t *opad)
-    void fp_job_set_region(IMB_JOB *j, const uint8_t *src, uint8_t *dst, uint64_t cipher_off,
-                           uint64_t cipher_len, uint64_t hash_len)
-    void IMB_AES128_GCM_PRE(IMB_MGR *m, const void *key, gcm_key_data *kd)
-    void IMB_AES128_GCM_ENC(IMB_MGR *m, const gcm_key_data *kd, gcm_context_data *ctx, uint8_t *dst,
-                            const uint8_t *src, uint64_t n, const uint8_t *iv, const uint8_t *aad,
-                            uint64_t aadl, uint8_t *tag, uint64_t tagl)
-    void IMB_AES128_GCM_DEC(IMB_MGR *m, const gcm_key_data *kd, gcm_context_data *ctx, uint8_t *dst,
-                            const uint8_t *src, uint64_t n, const uint8_t *iv, const uint8_t *aad,
-                            uint64_t aadl, uint8_t *tag, uint64_t tagl)
-    void IMB_AES_KEYEXP_128(IMB_MGR *m, const void *key, void *enc, void *dec)
-    int IMB_DES_KEYSCHED(IMB_MGR *m, uint64_t *ks, const void *key)
-    void IMB_SHA1_ONE_BLOCK(IMB_MGR *m, const void *src, void *tag)
-    IMB_JOB *IMB_GET_NEXT_JOB(IMB_MGR *m)
-    IMB_JOB *IMB_SUBMIT_JOB(IMB_MGR *m)
-    IMB_JOB *IMB_FLUSH_JOB(IMB_MGR *m)
-
-cdef extern from "stdlib.h" nogil:
-    int posix_memalign(void **memptr, size_t alignment, size_t size)
-    void free(void *p)
-
+from fastpath._include.ipsecmb cimport *
 
 
 def ipsecmb_gcm(uint8_t[::1] buf, int64_t[::1] offsets, uint32_t[::1] lengths, bint encrypt=True):

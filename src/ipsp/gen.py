@@ -9,12 +9,13 @@ from __future__ import annotations
 import random
 import struct
 
-__all__ = ["SIMPLE_IMIX", "ipv4_udp", "imix_packets", "fixed_packets"]
+__all__ = ["SIMPLE_IMIX", "internet_checksum", "ipv4_udp", "imix_packets", "fixed_packets"]
 
 SIMPLE_IMIX = ((40, 7), (576, 4), (1500, 1))
 
 
-def _csum(data: bytes) -> int:
+def internet_checksum(data: bytes) -> int:
+    """The RFC 1071 checksum of *data* (complemented, ready to store)."""
     if len(data) % 2:
         data += b"\0"
     s = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -31,10 +32,10 @@ def ipv4_udp(size: int, src: bytes, dst: bytes, sport: int, dport: int, payload_
     ulen = size - 20
     pseudo = src + dst + struct.pack("!BBH", 0, 17, ulen)
     udp = struct.pack("!HHHH", sport, dport, ulen, 0) + payload
-    ucs = _csum(pseudo + udp) or 0xFFFF
+    ucs = internet_checksum(pseudo + udp) or 0xFFFF
     udp = udp[:6] + struct.pack("!H", ucs) + udp[8:]
     hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, size, ident & 0xFFFF, 0, 64, 17, 0, src, dst)
-    hdr = hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:]
+    hdr = hdr[:10] + struct.pack("!H", internet_checksum(hdr)) + hdr[12:]
     return hdr + udp
 
 

@@ -183,14 +183,7 @@ def make_pair(t: Transform, mode: str = "tunnel4", *, rx_extra: dict | None = No
 # ---------------------------------------------------------------------------------------
 # packets (built by hand)
 
-def csum(data: bytes) -> int:
-    """RFC 1071 Internet checksum (complemented)."""
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
+from ipsp.gen import internet_checksum as csum  # noqa: E402  (RFC 1071, complemented)
 
 
 def ipv4_header(payload_len: int, proto: int, src=IN4_SRC, dst=IN4_DST, *, tos=0, ttl=64,

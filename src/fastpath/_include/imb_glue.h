@@ -102,7 +102,12 @@ static inline void fp_esn_aad16(uint8_t *out, const uint8_t *esp, uint64_t seq)
 }
 
 /* Per-SA key material for the library, laid out with the alignment it requires. */
-typedef struct {
+typedef struct fp_mb_sa fp_mb_sa;
+/* one packet through an AEAD, sealing (enc) or opening; the SA's transform chooses it */
+typedef void (*fp_aead_apply_t)(fp_mb_sa *m, const uint8_t *nonce, const uint8_t *aad, uint64_t na,
+                                const uint8_t *src, uint8_t *dst, uint64_t n, uint8_t *tag,
+                                uint64_t taglen, int enc);
+struct fp_mb_sa {
     DECLARE_ALIGNED(struct gcm_key_data gcm, 64);
     DECLARE_ALIGNED(uint8_t enc_exp[16 * 15], 16);
     DECLARE_ALIGNED(uint8_t dec_exp[16 * 15], 16);
@@ -122,6 +127,7 @@ typedef struct {
     uint64_t key_len;
     const void *enc_keys;
     const void *dec_keys;
-} fp_mb_sa;
+    fp_aead_apply_t aead_apply;
+};
 
 #endif
