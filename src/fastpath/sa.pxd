@@ -10,6 +10,10 @@ cdef class SAState:
     cdef bint _closed
 
     cdef void _wipe(self) noexcept
+    cdef uint32_t _batch(self, object buf, object offsets, object lengths, object status,
+                         Py_ssize_t stride, bint verify) except? 0xffffffff
+    cdef inline uint32_t _burst(self, uint8_t *buf, size_t buflen, int64_t *off, uint32_t *lens,
+                                uint8_t *status, uint32_t n, size_t stride, bint verify) noexcept nogil
 
     # The C level for forwarders written in Cython: no Python objects, callable without the
     # GIL. Same contracts as encap_batch / decap_batch; returns the number of OK packets.

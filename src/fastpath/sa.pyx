@@ -9,7 +9,8 @@ offset/length/status arrays, release the GIL once and write a status per packet.
 
 import os
 
-from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
+from cpython.buffer cimport (
+    PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE, PyBUF_FORMAT, PyBUF_C_CONTIGUOUS)
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from cpython.pythread cimport (
     PyThread_allocate_lock, PyThread_free_lock, PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK)
@@ -41,7 +42,8 @@ cdef uint32_t NOGIL_MIN_PACKETS = 8
 
 cdef inline int _acquire(object obj, Py_buffer *view, bint writable, str what) except -1:
     try:
-        PyObject_GetBuffer(obj, view, PyBUF_WRITABLE if writable else PyBUF_SIMPLE)
+        PyObject_GetBuffer(obj, view, (PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) if writable
+                           else PyBUF_SIMPLE)
     except BufferError as exc:
         kind = "a writable, contiguous buffer" if writable else "a contiguous buffer"
         raise BufferError(f"{what} must be {kind}: {exc}") from None
@@ -383,63 +385,87 @@ cdef class SAState:
         PyThread_release_lock(self._lock)
         return ok
 
-    def encap_batch(self, uint8_t[::1] buf not None, int64_t[::1] offsets not None,
-                    uint32_t[::1] lengths not None, uint8_t[::1] status not None,
-                    Py_ssize_t stride):
+    def encap_batch(self, buf, offsets, lengths, status, Py_ssize_t stride):
         """Encapsulate packets in place. Packet i is buf[offsets[i] : offsets[i] + lengths[i]]
         and must lie in slot i, buf[i * stride : (i + 1) * stride]: headers are written in
         front of it (``headroom`` bytes) and the trailer and ICV after it (up to ``tailroom``).
-        offsets and lengths are updated for packets that succeed; status[i] gets each
-        packet's Status. Returns the number of packets that succeeded."""
-        cdef uint32_t n = _check_batch(buf, offsets, lengths, status)
+        offsets (int64) and lengths (uint32) are updated for packets that succeed; status[i]
+        (uint8) gets each packet's Status. Returns the number of packets that succeeded."""
         if stride <= 0:
             raise ValueError(f"stride must be positive, got {stride}")
-        cdef Py_ssize_t i
-        for i in range(n):
-            if offsets[i] < i * stride or offsets[i] + lengths[i] > min((i + 1) * stride, buf.shape[0]):
-                raise ValueError(f"packet {i} (offset {offsets[i]}, length {lengths[i]}) is not inside "
-                                 f"its slot [{i * stride}, {(i + 1) * stride}) of a {buf.shape[0]}-byte buffer")
-        cdef uint32_t ok
-        if n == 0:
-            return 0
-        if n >= NOGIL_MIN_PACKETS:
-            with nogil:
-                ok = self.encap_burst_c(&buf[0], buf.shape[0], &offsets[0], &lengths[0], &status[0], n, stride)
-        else:
-            ok = self.encap_burst_c(&buf[0], buf.shape[0], &offsets[0], &lengths[0], &status[0], n, stride)
-        return ok
+        return self._batch(buf, offsets, lengths, status, stride, True)
 
-    def decap_batch(self, uint8_t[::1] buf not None, int64_t[::1] offsets not None,
-                    uint32_t[::1] lengths not None, uint8_t[::1] status not None,
-                    *, bint verify=True):
+    def decap_batch(self, buf, offsets, lengths, status, *, bint verify=True):
         """Decapsulate packets in place: packet i is buf[offsets[i] : offsets[i] + lengths[i]];
         results never grow, so no slot rule applies. offsets and lengths are updated for
         packets that succeed; status[i] gets each packet's Status. Returns the number of
         packets that succeeded."""
-        cdef uint32_t n = _check_batch(buf, offsets, lengths, status)
-        cdef Py_ssize_t i
-        for i in range(n):
-            if offsets[i] < 0 or offsets[i] + lengths[i] > buf.shape[0]:
-                raise ValueError(f"packet {i} (offset {offsets[i]}, length {lengths[i]}) runs outside "
-                                 f"the {buf.shape[0]}-byte buffer")
-        cdef uint32_t ok
-        if n == 0:
-            return 0
-        if n >= NOGIL_MIN_PACKETS:
-            with nogil:
-                ok = self.decap_burst_c(&buf[0], buf.shape[0], &offsets[0], &lengths[0], &status[0], n, verify)
-        else:
-            ok = self.decap_burst_c(&buf[0], buf.shape[0], &offsets[0], &lengths[0], &status[0], n, verify)
+        return self._batch(buf, offsets, lengths, status, 0, verify)
+
+    cdef uint32_t _batch(self, object buf, object offsets, object lengths, object status,
+                         Py_ssize_t stride, bint verify) except? 0xffffffff:
+        # the buffers are taken once per call, checked, held for the whole call and released
+        cdef Py_buffer vb, vo, vl, vs
+        cdef uint32_t ok = 0, n
+        cdef Py_ssize_t i, lo, hi
+        cdef int64_t *off
+        cdef uint32_t *lens
+        _acquire_array(buf, &vb, 1, "Bbc", "buf")
+        try:
+            _acquire_array(offsets, &vo, 8, "qln", "offsets")
+            try:
+                _acquire_array(lengths, &vl, 4, "IL", "lengths")
+                try:
+                    _acquire_array(status, &vs, 1, "B", "status")
+                    try:
+                        n = <uint32_t>(vo.len // 8)
+                        if vl.len // 4 != n or vs.len < n:
+                            raise ValueError(f"offsets ({n}), lengths ({vl.len // 4}) and status ({vs.len}) "
+                                             "must describe the same number of packets")
+                        off, lens = <int64_t *>vo.buf, <uint32_t *>vl.buf
+                        for i in range(n):
+                            lo, hi = 0, vb.len
+                            if stride:
+                                lo, hi = i * stride, min((i + 1) * stride, vb.len)
+                            if off[i] < lo or off[i] + lens[i] > hi:
+                                where = (f"its slot [{lo}, {(i + 1) * stride})" if stride else "the buffer")
+                                raise ValueError(f"packet {i} (offset {off[i]}, length {lens[i]}) is not inside "
+                                                 f"{where} of a {vb.len}-byte buffer")
+                        if n == 0:
+                            return 0
+                        if n >= NOGIL_MIN_PACKETS:
+                            with nogil:
+                                ok = self._burst(<uint8_t *>vb.buf, vb.len, off, lens, <uint8_t *>vs.buf,
+                                                 n, stride, verify)
+                        else:
+                            ok = self._burst(<uint8_t *>vb.buf, vb.len, off, lens, <uint8_t *>vs.buf,
+                                             n, stride, verify)
+                    finally:
+                        PyBuffer_Release(&vs)
+                finally:
+                    PyBuffer_Release(&vl)
+            finally:
+                PyBuffer_Release(&vo)
+        finally:
+            PyBuffer_Release(&vb)
         return ok
 
+    cdef inline uint32_t _burst(self, uint8_t *buf, size_t buflen, int64_t *off, uint32_t *lens,
+                                uint8_t *status, uint32_t n, size_t stride, bint verify) noexcept nogil:
+        # stride 0 marks decapsulation, which needs no slots
+        if stride:
+            return self.encap_burst_c(buf, buflen, off, lens, status, n, stride)
+        return self.decap_burst_c(buf, buflen, off, lens, status, n, verify)
 
-cdef uint32_t _check_batch(uint8_t[::1] buf, int64_t[::1] offsets, uint32_t[::1] lengths,
-                           uint8_t[::1] status) except? 0xffffffff:
-    cdef Py_ssize_t n = offsets.shape[0]
-    if lengths.shape[0] != n or status.shape[0] < n:
-        raise ValueError(f"offsets ({n}), lengths ({lengths.shape[0]}) and status ({status.shape[0]}) "
-                         "must describe the same number of packets")
-    if n > 0xffffffff:
-        raise ValueError("too many packets in one batch")
-    return <uint32_t>n
+
+cdef int _acquire_array(object obj, Py_buffer *view, Py_ssize_t itemsize, str codes, str what) except -1:
+    """A writable, C-contiguous buffer whose items are *itemsize* bytes of one of the struct
+    type *codes* (native order), e.g. array('q'), numpy int64, bytearray, memoryviews of them."""
+    _acquire(obj, view, True, what)
+    fmt = (<bytes>view.format).decode() if view.format != NULL else "B"
+    if view.itemsize != itemsize or fmt.lstrip("@=<") not in codes or len(fmt.lstrip("@=<")) != 1:
+        PyBuffer_Release(view)
+        raise ValueError(f"{what} must hold {itemsize}-byte items of type {'/'.join(codes)}, "
+                        f"got format {fmt!r} with {view.itemsize}-byte items")
+    return 0
 

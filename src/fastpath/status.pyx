@@ -22,6 +22,7 @@ _DESCRIPTIONS = {
     Status.SEQ_EXHAUSTED: "outbound sequence numbers exhausted",
     Status.INTERNAL: "crypto library failure",
     Status.NOT_PROCESSED: "not processed",
+    Status.SA_DEAD: "the SA is closed",
 }
 
 STATUS_COUNT = N_STATUS
@@ -35,9 +36,6 @@ def status_name(int code) -> str:
 def status_description(int code) -> str:
     """A one-line human description of a status code."""
     return _DESCRIPTIONS[Status(code)]
-_DESCRIPTIONS[Status.SA_DEAD] = "the SA is closed"
-
-
 class PacketError(ValueError):
     """A single-packet call could not process its packet; ``status`` says why."""
 
