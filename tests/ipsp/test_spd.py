@@ -1,0 +1,73 @@
+"""The policy database and its compiled classifier: the C lookup (with its flow cache) must
+give exactly the reference first-match answer of PolicyDatabase.lookup."""
+
+import ipaddress
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from fastpath.classify import CLASS_NONE, CLASS_UNPARSEABLE, Classifier
+from ipsp import ConfigError
+from ipsp.gen import ipv4_udp
+from ipsp.spd import Action, Direction, Policy, PolicyDatabase, PolicySelector
+
+
+def _rules(policies):
+    return [(p.selector.version, p.selector.src.network_address.packed, p.selector.src.prefixlen,
+             p.selector.dst.network_address.packed, p.selector.dst.prefixlen, p.selector.proto,
+             *p.selector.sport, *p.selector.dport) for p in policies]
+
+
+octet = st.integers(0, 3)
+prefix = st.builds(lambda a, b, n: ipaddress.ip_network(f"10.{a}.{b}.0/{n}", strict=False), octet, octet,
+                   st.sampled_from([0, 8, 16, 22, 24, 32]))
+selector = st.builds(PolicySelector, prefix, prefix, st.sampled_from([-1, 6, 17]),
+                     st.sampled_from([(0, 65535), (1024, 65535)]),
+                     st.sampled_from([(0, 65535), (443, 443), (1000, 2000)]))
+packet = st.tuples(octet, octet, st.integers(0, 255), octet, octet, st.integers(0, 255),
+                   st.sampled_from([53, 443, 1500, 8080]), st.sampled_from([80, 1234, 40000]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(selector, min_size=0, max_size=40), st.lists(packet, min_size=1, max_size=60))
+def test_classifier_matches_reference_first_match(selectors, packets):
+    policies = [Policy(s, Action.PROTECT) for s in selectors]
+    db = PolicyDatabase(policies)
+    c = Classifier()
+    c.load(_rules(db.policies(Direction.OUT)))
+    ordered = db.policies(Direction.OUT)
+    for _ in range(2):                       # the second pass answers from the flow cache
+        for a, b, x, d, e, y, dport, sport in packets:
+            src, dst = bytes([10, a, b, x]), bytes([10, d, e, y])
+            ref = db.lookup(Direction.OUT, ipaddress.ip_address(src), ipaddress.ip_address(dst), 17, sport, dport)
+            got = c.classify(ipv4_udp(60, src, dst, sport, dport, 0, 0))
+            assert got == (ordered.index(ref) if ref else CLASS_NONE)
+
+
+def test_reload_invalidates_the_flow_cache():
+    c = Classifier()
+    sel = PolicySelector(ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("10.0.0.0/8"))
+    pkt = ipv4_udp(60, bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]), 1, 2, 0, 0)
+    c.load(_rules([Policy(sel, Action.PROTECT)]))
+    assert c.classify(pkt) == 0 and c.classify(pkt) == 0
+    c.load([])
+    assert c.classify(pkt) == CLASS_NONE
+    assert c.classify(b"\x45" + bytes(5)) == CLASS_UNPARSEABLE
+
+
+def test_database_order_priority_and_errors():
+    any4 = ipaddress.ip_network("0.0.0.0/0")
+    a = Policy(PolicySelector(any4, any4), Action.BYPASS, priority=10)
+    b = Policy(PolicySelector(any4, any4), Action.DISCARD, priority=5)
+    db = PolicyDatabase([a, b])
+    assert db.policies(Direction.OUT) == (b, a)
+    assert db.lookup(Direction.OUT, ipaddress.ip_address("1.2.3.4"), ipaddress.ip_address("5.6.7.8"), 6, 1, 2) is b
+    gen = db.generation
+    db.delete(b.id)
+    assert db.policies(Direction.OUT) == (a,) and db.generation > gen
+    with pytest.raises(KeyError):
+        db.delete(b.id)
+    with pytest.raises(ConfigError):
+        PolicySelector(any4, ipaddress.ip_network("::/0"))
+    with pytest.raises(ConfigError):
+        PolicySelector(any4, any4, dport=(10, 5))
