@@ -92,7 +92,7 @@ cdef inline Status outer_parse(sa_t *sa, const uint8_t *pkt, uint32_t len, uint3
 
 
 cdef Status decap_prepare(sa_t *sa, const uint8_t *pkt, uint32_t len, uint8_t *out,
-                          size_t cap, crypto_op_t *op, pkt_meta_t *m) noexcept nogil:
+                          size_t cap, crypto_op_t *op, pkt_meta_t *m, bint verify) noexcept nogil:
     """Parse one packet and check its sequence number. With out == NULL the packet is
     opened in place; otherwise into out (cap bytes), leaving the input untouched."""
     cdef uint32_t off = 0, end = len, body, seql
@@ -116,6 +116,9 @@ cdef Status decap_prepare(sa_t *sa, const uint8_t *pkt, uint32_t len, uint8_t *o
             return Status.NOT_ESP
     if end - off < ESP_HDR_LEN + c.iv_len + c.icv_len + ESP_TRAILER_LEN:
         return Status.TRUNCATED
+    if end - off > IPV4_MAX_TOTAL:
+        # no IP packet (without jumbograms) carries more ESP than this
+        return Status.OVERSIZE
     body = end - off - ESP_HDR_LEN - c.iv_len - c.icv_len
     if fp_load_be32(esp) != sa.spi:
         return Status.BAD_SPI
@@ -128,9 +131,11 @@ cdef Status decap_prepare(sa_t *sa, const uint8_t *pkt, uint32_t len, uint8_t *o
             return st
     else:
         seq = seql
-    st = replay_check(&sa.replay, seq)
-    if st != Status.OK:
-        return st
+    if verify:
+        # unauthenticated packets (verify=False) neither consult nor move the window
+        st = replay_check(&sa.replay, seq)
+        if st != Status.OK:
+            return st
     op.esp = <uint8_t *>esp
     op.iv = <uint8_t *>esp + ESP_HDR_LEN if c.iv_len else NULL
     op.src = <uint8_t *>esp + ESP_HDR_LEN + c.iv_len
@@ -181,12 +186,14 @@ cdef inline Status ecn_decap(sa_t *sa, uint8_t *inner, uint8_t outer_ecn) noexce
     return Status.OK
 
 
-cdef Status decap_finish(sa_t *sa, crypto_op_t *op, pkt_meta_t *m) noexcept nogil:
+cdef Status decap_finish(sa_t *sa, crypto_op_t *op, pkt_meta_t *m, bint verify) noexcept nogil:
     cdef uint8_t *d = op.dst
     cdef uint32_t pl, nh, plen, k, tot, ihl
-    cdef Status st = replay_update(&sa.replay, op.seq)
-    if st != Status.OK:
-        return st
+    cdef Status st
+    if verify:
+        st = replay_update(&sa.replay, op.seq)
+        if st != Status.OK:
+            return st
     # RFC 4303 2.4: the receiver checks the padding it can predict (1, 2, 3, ...)
     pl = d[op.len - 2]
     nh = d[op.len - 1]
@@ -255,7 +262,7 @@ cdef uint32_t decap_burst(sa_t *sa, uint8_t *buf, size_t buflen, int64_t *off, u
             i = base + k
             if i + PREFETCH_AHEAD < n:
                 fp_prefetch_packet(buf + off[i + PREFETCH_AHEAD], lens[i + PREFETCH_AHEAD])
-            ops[k].status = decap_prepare(sa, buf + off[i], lens[i], NULL, 0, &ops[k], &meta[k])
+            ops[k].status = decap_prepare(sa, buf + off[i], lens[i], NULL, 0, &ops[k], &meta[k], verify)
         if verify:
             sa.crypto.open_burst(&sa.crypto, ops, cnt)
         else:
@@ -264,7 +271,7 @@ cdef uint32_t decap_burst(sa_t *sa, uint8_t *buf, size_t buflen, int64_t *off, u
             i = base + k
             st = <Status>ops[k].status
             if st == Status.OK:
-                st = decap_finish(sa, &ops[k], &meta[k])
+                st = decap_finish(sa, &ops[k], &meta[k], verify)
             if st == Status.OK:
                 off[i] = meta[k].start - buf
                 lens[i] = meta[k].len
@@ -285,7 +292,7 @@ cdef int decap_one(sa_t *sa, const uint8_t *pkt, uint32_t len, uint8_t *out, siz
     OK the result is out[0 : out_len]."""
     cdef crypto_op_t op
     cdef pkt_meta_t m
-    cdef Status st = decap_prepare(sa, pkt, len, out, cap, &op, &m)
+    cdef Status st = decap_prepare(sa, pkt, len, out, cap, &op, &m, verify)
     if st == Status.OK:
         op.status = Status.OK
         if verify:
@@ -294,7 +301,7 @@ cdef int decap_one(sa_t *sa, const uint8_t *pkt, uint32_t len, uint8_t *out, siz
             sa.crypto.open_noverify(&sa.crypto, &op, 1)
         st = <Status>op.status
     if st == Status.OK:
-        st = decap_finish(sa, &op, &m)
+        st = decap_finish(sa, &op, &m, verify)
     if st == Status.OK:
         out_len[0] = m.len
         sa.in_bytes += m.len

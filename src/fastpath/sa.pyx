@@ -427,7 +427,8 @@ cdef class SAState:
                             lo, hi = 0, vb.len
                             if stride:
                                 lo, hi = i * stride, min((i + 1) * stride, vb.len)
-                            if off[i] < lo or off[i] + lens[i] > hi:
+                            # written so that no sum can overflow, whatever the caller passed
+                            if off[i] < lo or off[i] > hi or lens[i] > hi - off[i]:
                                 where = (f"its slot [{lo}, {(i + 1) * stride})" if stride else "the buffer")
                                 raise ValueError(f"packet {i} (offset {off[i]}, length {lens[i]}) is not inside "
                                                  f"{where} of a {vb.len}-byte buffer")
