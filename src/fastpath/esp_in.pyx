@@ -246,9 +246,10 @@ cdef Status decap_finish(sa_t *sa, crypto_op_t *op, pkt_meta_t *m, bint verify) 
 
 
 cdef uint32_t decap_burst(sa_t *sa, uint8_t *buf, size_t buflen, int64_t *off, uint32_t *lens,
-                          uint8_t *status, uint32_t n, bint verify) noexcept nogil:
-    """Decapsulate n packets in place: packet i is buf[off[i] : off[i] + lens[i]]. On success
-    off[i] and lens[i] describe the result; every packet gets a status, index for index."""
+                          uint8_t *status, const uint32_t *idx, uint32_t n, bint verify) noexcept nogil:
+    """Decapsulate n packets in place: packets 0..n-1, or idx[0..n-1] when idx is given;
+    packet i is buf[off[i] : off[i] + lens[i]]. On success off[i] and lens[i] describe the
+    result; every packet processed gets status[i]; others are not touched."""
     cdef crypto_op_t ops[CHUNK]
     cdef pkt_meta_t meta[CHUNK]
     cdef uint32_t base = 0, i, k, cnt, ok = 0
@@ -259,8 +260,8 @@ cdef uint32_t decap_burst(sa_t *sa, uint8_t *buf, size_t buflen, int64_t *off, u
     while base < n:
         cnt = n - base if n - base < CHUNK else CHUNK
         for k in range(cnt):
-            i = base + k
-            if i + PREFETCH_AHEAD < n:
+            i = idx[base + k] if idx != NULL else base + k
+            if idx == NULL and i + PREFETCH_AHEAD < n:
                 fp_prefetch_packet(buf + off[i + PREFETCH_AHEAD], lens[i + PREFETCH_AHEAD])
             ops[k].status = decap_prepare(sa, buf + off[i], lens[i], NULL, 0, &ops[k], &meta[k], verify)
         if verify:
@@ -268,7 +269,7 @@ cdef uint32_t decap_burst(sa_t *sa, uint8_t *buf, size_t buflen, int64_t *off, u
         else:
             sa.crypto.open_noverify(&sa.crypto, ops, cnt)
         for k in range(cnt):
-            i = base + k
+            i = idx[base + k] if idx != NULL else base + k
             st = <Status>ops[k].status
             if st == Status.OK:
                 st = decap_finish(sa, &ops[k], &meta[k], verify)

@@ -9,6 +9,6 @@ cdef enum:
     PREFETCH_AHEAD = 4
 
 cdef uint32_t encap_burst(sa_t *sa, uint8_t *buf, size_t buflen, int64_t *off, uint32_t *lens,
-                          uint8_t *status, uint32_t n, size_t stride) noexcept nogil
+                          uint8_t *status, const uint32_t *idx, uint32_t n, size_t stride) noexcept nogil
 cdef int encap_one(sa_t *sa, const uint8_t *pkt, uint32_t len, uint8_t *out, size_t cap,
                    uint32_t *out_len) noexcept nogil

@@ -268,10 +268,12 @@ cdef inline void encap_finish(sa_t *sa, pkt_meta_t *m) noexcept nogil:
 
 
 cdef uint32_t encap_burst(sa_t *sa, uint8_t *buf, size_t buflen, int64_t *off, uint32_t *lens,
-                          uint8_t *status, uint32_t n, size_t stride) noexcept nogil:
-    """Encapsulate n packets in place. Packet i is buf[off[i] : off[i] + lens[i]] and lives
-    in slot i, buf[i * stride : (i + 1) * stride]; its result must fit the slot. On success
-    off[i] and lens[i] describe the result; every packet gets a status, index for index."""
+                          uint8_t *status, const uint32_t *idx, uint32_t n, size_t stride) noexcept nogil:
+    """Encapsulate n packets in place: packets 0..n-1, or, when idx is given, packets
+    idx[0..n-1] (the engine's packets of this SA within a shared arena). Packet i is
+    buf[off[i] : off[i] + lens[i]] and lives in slot i, buf[i * stride : (i + 1) * stride];
+    its result must fit the slot. On success off[i] and lens[i] describe the result; every
+    packet processed gets status[i]; others are not touched."""
     cdef crypto_op_t ops[CHUNK]
     cdef pkt_meta_t meta[CHUNK]
     cdef uint32_t base = 0, i, k, cnt, ok = 0
@@ -283,17 +285,17 @@ cdef uint32_t encap_burst(sa_t *sa, uint8_t *buf, size_t buflen, int64_t *off, u
     while base < n:
         cnt = n - base if n - base < CHUNK else CHUNK
         for k in range(cnt):
-            i = base + k
+            i = idx[base + k] if idx != NULL else base + k
             lo = buf + <size_t>i * stride
             hi = lo + stride
             if hi > buf + buflen:
                 hi = buf + buflen
-            if i + PREFETCH_AHEAD < n:
+            if idx == NULL and i + PREFETCH_AHEAD < n:
                 fp_prefetch_packet(buf + off[i + PREFETCH_AHEAD], lens[i + PREFETCH_AHEAD])
             ops[k].status = encap_prepare(sa, lo, buf + off[i], lens[i], hi, &ops[k], &meta[k])
         sa.crypto.seal_burst(&sa.crypto, ops, cnt)
         for k in range(cnt):
-            i = base + k
+            i = idx[base + k] if idx != NULL else base + k
             if ops[k].status == Status.OK:
                 encap_finish(sa, &meta[k])
                 nbytes += lens[i]

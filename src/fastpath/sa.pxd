@@ -11,13 +11,17 @@ cdef class SAState:
 
     cdef void _wipe(self) noexcept
     cdef uint32_t _batch(self, object buf, object offsets, object lengths, object status,
-                         Py_ssize_t stride, bint verify) except? 0xffffffff
+                         Py_ssize_t stride, bint verify, object indices) except? 0xffffffff
     cdef inline uint32_t _burst(self, uint8_t *buf, size_t buflen, int64_t *off, uint32_t *lens,
-                                uint8_t *status, uint32_t n, size_t stride, bint verify) noexcept nogil
+                                uint8_t *status, const uint32_t *idx, uint32_t n, size_t stride,
+                                bint verify) noexcept nogil
 
     # The C level for forwarders written in Cython: no Python objects, callable without the
     # GIL. Same contracts as encap_batch / decap_batch; returns the number of OK packets.
+    # idx (may be NULL) selects which packets of the arrays to process, n of them.
     cdef uint32_t encap_burst_c(self, uint8_t *buf, size_t buflen, int64_t *off, uint32_t *lens,
-                                uint8_t *status, uint32_t n, size_t stride) noexcept nogil
+                                uint8_t *status, uint32_t n, size_t stride,
+                                const uint32_t *idx=*) noexcept nogil
     cdef uint32_t decap_burst_c(self, uint8_t *buf, size_t buflen, int64_t *off, uint32_t *lens,
-                                uint8_t *status, uint32_t n, bint verify) noexcept nogil
+                                uint8_t *status, uint32_t n, bint verify,
+                                const uint32_t *idx=*) noexcept nogil

@@ -362,54 +362,61 @@ cdef class SAState:
     # ------------------------------------------------------------------ batches
 
     cdef uint32_t encap_burst_c(self, uint8_t *buf, size_t buflen, int64_t *off, uint32_t *lens,
-                                uint8_t *status, uint32_t n, size_t stride) noexcept nogil:
+                                uint8_t *status, uint32_t n, size_t stride,
+                                const uint32_t *idx=NULL) noexcept nogil:
         cdef uint32_t ok = 0, i
         PyThread_acquire_lock(self._lock, WAIT_LOCK)
         if self._closed:
             for i in range(n):
-                status[i] = Status.SA_DEAD
+                status[idx[i] if idx != NULL else i] = Status.SA_DEAD
         else:
-            ok = encap_burst(&self.c, buf, buflen, off, lens, status, n, stride)
+            ok = encap_burst(&self.c, buf, buflen, off, lens, status, idx, n, stride)
         PyThread_release_lock(self._lock)
         return ok
 
     cdef uint32_t decap_burst_c(self, uint8_t *buf, size_t buflen, int64_t *off, uint32_t *lens,
-                                uint8_t *status, uint32_t n, bint verify) noexcept nogil:
+                                uint8_t *status, uint32_t n, bint verify,
+                                const uint32_t *idx=NULL) noexcept nogil:
         cdef uint32_t ok = 0, i
         PyThread_acquire_lock(self._lock, WAIT_LOCK)
         if self._closed:
             for i in range(n):
-                status[i] = Status.SA_DEAD
+                status[idx[i] if idx != NULL else i] = Status.SA_DEAD
         else:
-            ok = decap_burst(&self.c, buf, buflen, off, lens, status, n, verify)
+            ok = decap_burst(&self.c, buf, buflen, off, lens, status, idx, n, verify)
         PyThread_release_lock(self._lock)
         return ok
 
-    def encap_batch(self, buf, offsets, lengths, status, Py_ssize_t stride):
+    def encap_batch(self, buf, offsets, lengths, status, Py_ssize_t stride, *, indices=None):
         """Encapsulate packets in place. Packet i is buf[offsets[i] : offsets[i] + lengths[i]]
         and must lie in slot i, buf[i * stride : (i + 1) * stride]: headers are written in
         front of it (``headroom`` bytes) and the trailer and ICV after it (up to ``tailroom``).
         offsets (int64) and lengths (uint32) are updated for packets that succeed; status[i]
-        (uint8) gets each packet's Status. Returns the number of packets that succeeded."""
+        (uint8) gets each packet's Status. With indices (a uint32 array of distinct packet
+        numbers) only those packets are processed and only their entries change. Returns the
+        number of packets that succeeded."""
         if stride <= 0:
             raise ValueError(f"stride must be positive, got {stride}")
-        return self._batch(buf, offsets, lengths, status, stride, True)
+        return self._batch(buf, offsets, lengths, status, stride, True, indices)
 
-    def decap_batch(self, buf, offsets, lengths, status, *, bint verify=True):
+    def decap_batch(self, buf, offsets, lengths, status, *, bint verify=True, indices=None):
         """Decapsulate packets in place: packet i is buf[offsets[i] : offsets[i] + lengths[i]];
         results never grow, so no slot rule applies. offsets and lengths are updated for
         packets that succeed; status[i] gets each packet's Status. Returns the number of
-        packets that succeeded."""
-        return self._batch(buf, offsets, lengths, status, 0, verify)
+        packets that succeeded. indices works as for encap_batch."""
+        return self._batch(buf, offsets, lengths, status, 0, verify, indices)
 
     cdef uint32_t _batch(self, object buf, object offsets, object lengths, object status,
-                         Py_ssize_t stride, bint verify) except? 0xffffffff:
+                         Py_ssize_t stride, bint verify, object indices) except? 0xffffffff:
         # the buffers are taken once per call, checked, held for the whole call and released
-        cdef Py_buffer vb, vo, vl, vs
-        cdef uint32_t ok = 0, n
+        cdef Py_buffer vb, vo, vl, vs, vi
+        cdef uint32_t ok = 0, n, count, j
         cdef Py_ssize_t i, lo, hi
         cdef int64_t *off
         cdef uint32_t *lens
+        cdef const uint32_t *idx = NULL
+        cdef bytearray seen
+        cdef bint have_idx = False
         _acquire_array(buf, &vb, 1, "Bbc", "buf")
         try:
             _acquire_array(offsets, &vo, 8, "qln", "offsets")
@@ -423,7 +430,20 @@ cdef class SAState:
                             raise ValueError(f"offsets ({n}), lengths ({vl.len // 4}) and status ({vs.len}) "
                                              "must describe the same number of packets")
                         off, lens = <int64_t *>vo.buf, <uint32_t *>vl.buf
-                        for i in range(n):
+                        count = n
+                        if indices is not None:
+                            _acquire_array(indices, &vi, 4, "IL", "indices")
+                            have_idx = True
+                            idx = <const uint32_t *>vi.buf
+                            count = <uint32_t>(vi.len // 4)
+                            seen = bytearray(n)
+                            for j in range(count):
+                                if idx[j] >= n or seen[idx[j]]:
+                                    raise ValueError(f"indices[{j}] = {idx[j]} is " + (
+                                        f"not a packet number below {n}" if idx[j] >= n else "repeated"))
+                                seen[idx[j]] = 1
+                        for j in range(count):
+                            i = idx[j] if idx != NULL else j
                             lo, hi = 0, vb.len
                             if stride:
                                 lo, hi = i * stride, min((i + 1) * stride, vb.len)
@@ -432,16 +452,18 @@ cdef class SAState:
                                 where = (f"its slot [{lo}, {(i + 1) * stride})" if stride else "the buffer")
                                 raise ValueError(f"packet {i} (offset {off[i]}, length {lens[i]}) is not inside "
                                                  f"{where} of a {vb.len}-byte buffer")
-                        if n == 0:
+                        if count == 0:
                             return 0
-                        if n >= NOGIL_MIN_PACKETS:
+                        if count >= NOGIL_MIN_PACKETS:
                             with nogil:
                                 ok = self._burst(<uint8_t *>vb.buf, vb.len, off, lens, <uint8_t *>vs.buf,
-                                                 n, stride, verify)
+                                                 idx, count, stride, verify)
                         else:
                             ok = self._burst(<uint8_t *>vb.buf, vb.len, off, lens, <uint8_t *>vs.buf,
-                                             n, stride, verify)
+                                             idx, count, stride, verify)
                     finally:
+                        if have_idx:
+                            PyBuffer_Release(&vi)
                         PyBuffer_Release(&vs)
                 finally:
                     PyBuffer_Release(&vl)
@@ -452,11 +474,12 @@ cdef class SAState:
         return ok
 
     cdef inline uint32_t _burst(self, uint8_t *buf, size_t buflen, int64_t *off, uint32_t *lens,
-                                uint8_t *status, uint32_t n, size_t stride, bint verify) noexcept nogil:
+                                uint8_t *status, const uint32_t *idx, uint32_t n, size_t stride,
+                                bint verify) noexcept nogil:
         # stride 0 marks decapsulation, which needs no slots
         if stride:
-            return self.encap_burst_c(buf, buflen, off, lens, status, n, stride)
-        return self.decap_burst_c(buf, buflen, off, lens, status, n, verify)
+            return self.encap_burst_c(buf, buflen, off, lens, status, n, stride, idx)
+        return self.decap_burst_c(buf, buflen, off, lens, status, n, verify, idx)
 
 
 cdef int _acquire_array(object obj, Py_buffer *view, Py_ssize_t itemsize, str codes, str what) except -1:
