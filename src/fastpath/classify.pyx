@@ -9,7 +9,7 @@ table. A packet whose selector fields cannot be read gets CLASS_UNPARSEABLE.
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int16_t, int32_t, int64_t
 from libc.stdlib cimport calloc, free
-from libc.string cimport memcpy, memset, memcmp
+from libc.string cimport memcpy, memset
 
 from fastpath._include.compat cimport fp_load_be16
 from fastpath.wire cimport *

@@ -3,9 +3,8 @@
 Which functions an SA uses is decided once in :func:`crypto_init`; see crypto.pxd.
 """
 
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
-from libc.stdlib cimport malloc, free
-from libc.string cimport memcpy, memmove, memset
+from libc.stdint cimport uint8_t, uint32_t
+from libc.string cimport memcpy, memset
 
 from fastpath._include.openssl cimport *
 from fastpath._include.compat cimport fp_store_be32, fp_store_be64, fp_copy_small

@@ -17,7 +17,7 @@ the start of the output buffer (single packet).
 """
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
-from libc.string cimport memcpy, memmove, memset
+from libc.string cimport memmove, memset
 
 from fastpath._include.compat cimport fp_load_be16, fp_load_be32, fp_store_be16, fp_ipv4_csum, fp_prefetch_packet
 from fastpath.crypto cimport crypto_op_t

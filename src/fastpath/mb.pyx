@@ -16,7 +16,7 @@ from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
 
 from fastpath._include.openssl cimport CRYPTO_memcmp, OPENSSL_cleanse
-from fastpath._include.compat cimport fp_store_be32, fp_store_be64
+from fastpath._include.compat cimport fp_store_be32
 from fastpath.crypto cimport *
 from fastpath.status cimport Status
 from fastpath.esp_out cimport CHUNK

@@ -11,13 +11,12 @@ import os
 
 from cpython.buffer cimport (
     PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE, PyBUF_FORMAT, PyBUF_C_CONTIGUOUS)
-from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from cpython.pythread cimport (
     PyThread_allocate_lock, PyThread_free_lock, PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK)
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memset, memcpy
 
-from fastpath._include.compat cimport fp_store_be16, fp_store_be32, fp_csum_add
+from fastpath._include.compat cimport fp_store_be16, fp_csum_add
 from fastpath.crypto cimport crypto_init, crypto_free, CIPHER_AES_CBC, CIPHER_3DES_CBC, CIPHER_DES_CBC
 from fastpath.crypto import Cipher, Integ, Backend
 from fastpath.esp_in cimport decap_burst, decap_one
