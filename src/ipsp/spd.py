@@ -79,6 +79,7 @@ class Policy:
     direction: Direction = Direction.OUT
     priority: int = 1000          # lower first; equal priorities keep insertion order
     label: str | None = None      # a security label the SA must carry (the seed: the SAID implies it)
+    reqid: int = 0                # PROTECT: the SAs (of the key manager) that carry this policy
     id: int = field(default_factory=lambda: next(_ids))
 
 
