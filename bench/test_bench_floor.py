@@ -4,29 +4,15 @@ project reports (bench/report.py computes it from one saved run)."""
 
 import pytest
 
-import fastpath
-from fastpath import floor
+from ipsp.bench import floor_for
 
 from conftest import Arena, sa_pair
-
-FLOORS = {
-    ("aes128gcm16", "openssl"): lambda b, o, l, enc: floor.openssl_gcm(b, o, l, encrypt=enc),
-    ("aes128-sha1", "openssl"): lambda b, o, l, enc: floor.openssl_cbc_sha1(b, o, l, des=False, encrypt=enc),
-    ("des-sha1", "openssl"): lambda b, o, l, enc: floor.openssl_cbc_sha1(b, o, l, des=True, encrypt=enc),
-}
-if "ipsecmb" in fastpath.backends():
-    from fastpath import mb_floor
-    FLOORS.update({
-        ("aes128gcm16", "ipsecmb"): lambda b, o, l, enc: mb_floor.ipsecmb_gcm(b, o, l, encrypt=enc),
-        ("aes128-sha1", "ipsecmb"): lambda b, o, l, enc: mb_floor.ipsecmb_cbc_sha1(b, o, l, des=False, encrypt=enc),
-        ("des-sha1", "ipsecmb"): lambda b, o, l, enc: mb_floor.ipsecmb_cbc_sha1(b, o, l, des=True, encrypt=enc),
-    })
 
 
 @pytest.mark.parametrize("direction", ["encap", "decap"])
 def test_floor(benchmark, proposal, backend, size, batch, direction):
-    fn = FLOORS.get((proposal, backend))
-    if fn is None:
+    floor = floor_for(proposal, backend)
+    if floor is None:
         pytest.skip(f"no floor loop for {proposal} on {backend}")
     out, _ = sa_pair(proposal, backend)
     arena = Arena(size, batch, out)
@@ -35,6 +21,7 @@ def test_floor(benchmark, proposal, backend, size, batch, direction):
     benchmark.group = f"{direction} {proposal} {size}B"
     benchmark.extra_info.update(packets=batch, bytes=batch * size, proposal=proposal, backend=backend,
                                 size=size, direction=direction, floor=True)
-    benchmark.pedantic(fn, args=(arena.buf, arena.floor_off, arena.floor_len, direction == "encap"),
+    benchmark.pedantic(floor[1], args=(arena.buf, arena.floor_off, arena.floor_len),
+                       kwargs={"encrypt": direction == "encap"},
                        setup=lambda: arena.reset(image, arena.off0, arena.len0),
                        rounds=300 if batch > 1 else 3000, warmup_rounds=10)

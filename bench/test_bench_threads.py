@@ -47,7 +47,7 @@ def test_two_threads_two_sas(benchmark, proposal, backend, size):
 
     single = min(one_thread() for _ in range(5))
     benchmark.group = f"threads {proposal} {size}B"
-    dual = benchmark.pedantic(two_threads, rounds=5)
+    benchmark.pedantic(two_threads, rounds=5)
     dual = benchmark.stats.stats.min
     benchmark.extra_info.update(one_thread_s=single, two_threads_s=dual, speedup=round(single / dual, 2),
                                 proposal=proposal, backend=backend, size=size)

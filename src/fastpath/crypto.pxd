@@ -4,6 +4,7 @@
 
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from fastpath._include.openssl cimport EVP_CIPHER_CTX, DES_key_schedule
+from fastpath._include.compat cimport fp_nonce16, fp_esn_aad16
 
 cdef extern from "hmac_pads.h" nogil:
     ctypedef struct hmac_ctx_t "fp_hmac_ctx":
@@ -97,3 +98,21 @@ cdef void crypto_free(crypto_t *c) noexcept nogil
 cdef extern from "rand_pool.h" nogil:
     # n <= 16 unpredictable bytes from a per-thread pool of OpenSSL DRBG output; -1 on failure
     int crypto_random "fp_random"(uint8_t *out, uint32_t n)
+
+
+# The AEAD inputs of every backend, defined once.
+cdef inline const uint8_t *aad_of(const crypto_t *c, const crypto_op_t *op, uint8_t *buf,
+                                  uint32_t *n) noexcept nogil:
+    # RFC 4106 section 5: without ESN the AAD is the ESP header itself (SPI, sequence
+    # number); with ESN, SPI || high || low built in buf (16 bytes of room)
+    if c.esn:
+        fp_esn_aad16(buf, op.esp, op.seq)
+        n[0] = 12
+        return buf
+    n[0] = 8
+    return op.esp
+
+
+cdef inline void nonce_of(const crypto_t *c, const crypto_op_t *op, uint8_t *nonce) noexcept nogil:
+    # salt || IV, or salt || sequence number with an implicit IV; nonce has 16 bytes of room
+    fp_nonce16(nonce, c.salt, op.iv, op.seq)

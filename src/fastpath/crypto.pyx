@@ -7,7 +7,7 @@ from libc.stdint cimport uint8_t, uint32_t
 from libc.string cimport memcpy, memset
 
 from fastpath._include.openssl cimport *
-from fastpath._include.compat cimport fp_store_be32, fp_store_be64, fp_copy_small
+from fastpath._include.compat cimport fp_store_be32, fp_copy_small, fp_ctr_block16
 from fastpath.status cimport Status
 
 cdef extern from "hmac_pads.h" nogil:
@@ -39,28 +39,6 @@ INTEG_ICV_LEN[:] = [0, 12, 12, 16, 24, 32]    # RFC 2403, 2404, 4868 truncations
 
 # ---------------------------------------------------------------------------------------
 # Per-packet building blocks
-
-cdef inline uint32_t build_aad(const crypto_t *c, const crypto_op_t *op, uint8_t *aad) noexcept nogil:
-    # RFC 4106 section 5 / RFC 7634 section 2.1: SPI then the 32-bit sequence number, or
-    # with ESN the SPI then the full 64-bit number (high half first).
-    memcpy(aad, op.esp, 4)
-    if c.esn:
-        fp_store_be32(aad + 4, <uint32_t>(op.seq >> 32))
-        memcpy(aad + 8, op.esp + 4, 4)
-        return 12
-    memcpy(aad + 4, op.esp + 4, 4)
-    return 8
-
-
-cdef inline void build_nonce(const crypto_t *c, const crypto_op_t *op, uint8_t *nonce) noexcept nogil:
-    # RFC 4106 4 / RFC 7634 2 / RFC 4543 3.1: salt || 8-byte IV. With an implicit IV the IV is
-    # the 64-bit sequence number (RFC 8750 section 3: zero-extended without ESN).
-    memcpy(nonce, c.salt, 4)
-    if op.iv != NULL:
-        memcpy(nonce + 4, op.iv, 8)
-    else:
-        fp_store_be64(nonce + 4, op.seq)
-
 
 cdef inline void esn_high(const crypto_t *c, const crypto_op_t *op, uint8_t *hi, size_t *n) noexcept nogil:
     # RFC 4303 2.2.1 / 3.3.2.1: the high half is covered by the ICV but never sent
@@ -94,9 +72,7 @@ cdef int cipher_evp_ctr(crypto_t *c, const uint8_t *iv, const uint8_t *src, uint
     # RFC 3686 section 4: counter block = nonce || IV || 32-bit block counter starting at 1
     cdef uint8_t block[16]
     cdef int outl
-    memcpy(block, c.salt, 4)
-    memcpy(block + 4, iv, 8)
-    fp_store_be32(block + 12, 1)
+    fp_ctr_block16(block, c.salt, iv)
     if EVP_CipherInit_ex(c.ectx, NULL, NULL, NULL, block, -1) != 1:
         return -1
     if EVP_CipherUpdate(c.ectx, dst, &outl, src, <int>n) != 1:
@@ -168,11 +144,13 @@ cdef int aead_evp_apply(crypto_t *c, EVP_CIPHER_CTX *ctx, const crypto_op_t *op,
     """Run one packet through an AEAD context up to (not including) Final. The context's
     direction was fixed when the SA was made (-1 keeps it: no re-initialisation per packet).
     tag, when given, is the ICV to verify (decryption)."""
-    cdef uint8_t nonce[12]
-    cdef uint8_t aad[12]
+    cdef uint8_t nonce[16]
+    cdef uint8_t aadbuf[16]
+    cdef const uint8_t *aad
+    cdef uint32_t naad
     cdef int outl
-    cdef uint32_t naad = build_aad(c, op, aad)
-    build_nonce(c, op, nonce)
+    aad = aad_of(c, op, aadbuf, &naad)
+    nonce_of(c, op, nonce)
     if EVP_CipherInit_ex(ctx, NULL, NULL, NULL, nonce, -1) != 1:
         return -1
     if tag != NULL and EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, c.icv_len, tag) != 1:

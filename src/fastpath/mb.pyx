@@ -16,7 +16,7 @@ from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
 
 from fastpath._include.openssl cimport CRYPTO_memcmp, OPENSSL_cleanse
-from fastpath._include.compat cimport fp_store_be32
+from fastpath._include.compat cimport fp_store_be32, fp_ctr_block16
 from fastpath.crypto cimport *
 from fastpath.status cimport Status
 from fastpath.esp_out cimport CHUNK
@@ -26,22 +26,6 @@ from fastpath._include.ipsecmb cimport *
 
 cdef inline fp_mb_sa *MB(crypto_t *c) noexcept nogil:
     return <fp_mb_sa *>c.mb
-
-
-cdef inline const uint8_t *aad_of(const crypto_t *c, const crypto_op_t *op, uint8_t *buf,
-                                  uint32_t *n) noexcept nogil:
-    # RFC 4106 section 5: without ESN the AAD is the ESP header itself (SPI, sequence number)
-    if c.esn:
-        fp_esn_aad16(buf, op.esp, op.seq)
-        n[0] = 12
-        return buf
-    n[0] = 8
-    return op.esp
-
-
-cdef inline void nonce_of(const crypto_t *c, const crypto_op_t *op, uint8_t *nonce) noexcept nogil:
-    # RFC 4106 4 / RFC 7634 2: salt || IV; RFC 8750: the IV is the sequence number
-    fp_nonce16(nonce, c.salt, op.iv, op.seq)
 
 
 # ---------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from fastpath import Status
 from ipsp.sa import SAConfig
 from ipsp.transforms import parse_proposal
 
-__all__ = ["BenchResult", "run_bench", "DEFAULT_PROPOSALS", "wire_bits"]
+__all__ = ["BenchResult", "run_bench", "floor_for", "DEFAULT_PROPOSALS", "wire_bits"]
 
 DEFAULT_PROPOSALS = ("aes128gcm16", "aes256gcm16", "chacha20poly1305", "aes128-sha1", "aes256-sha256", "des-sha1")
 HEADROOM = 128
@@ -60,7 +60,9 @@ def _sa(proposal: str, backend: str, key_seed: int) -> SAConfig:
                     auth_key=rnd(t.auth_key_len), replay_window=1024, backend=backend, allow_insecure=True)
 
 
-def _floor_fn(proposal: str, backend: str) -> tuple[str, Callable] | None:
+def floor_for(proposal: str, backend: str) -> tuple[str, Callable] | None:
+    """The floor loop for a proposal on a backend, as (description, fn(buf, offsets, lengths,
+    encrypt=True) -> ns), or None where none is defined."""
     if backend == "ipsecmb" and fastpath._mb is None:
         return None
     if backend == "ipsecmb":
@@ -117,7 +119,7 @@ def _measure(proposal: str, backend: str, packets: Sequence[bytes], batch: int, 
     cfg = _sa(proposal, backend, 1)
     out_sa, in_sa = cfg.make_state(), cfg.make_state()
     arena = _Arena(packets, batch, out_sa.tailroom)
-    floor = _floor_fn(proposal, backend)
+    floor = floor_for(proposal, backend)
     n = arena.n
     best = {"encap": float("inf"), "decap": float("inf"), "fencap": float("inf"), "fdecap": float("inf")}
     verified = True

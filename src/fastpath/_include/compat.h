@@ -6,6 +6,10 @@
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
+#if defined(__SSE2__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#include <emmintrin.h>
+#define FP_STORE16_LE 1
+#endif
 
 #define fp_likely(x)   __builtin_expect(!!(x), 1)
 #define fp_unlikely(x) __builtin_expect(!!(x), 0)
@@ -54,6 +58,53 @@ static inline void fp_zero_small(uint8_t *d, size_t n)
 {
     static const uint8_t zeros[64];
     fp_copy_small(d, zeros, n);
+}
+
+/* The 16 bytes lo || hi (little-endian words) written with one store where the CPU allows:
+ * a nonce or AAD built from smaller stores makes the crypto library's vector load of it wait
+ * on a failed store forward, as much as a third of a 64-byte packet's AES-GCM. */
+static inline void fp_store_words16(uint8_t *out, uint64_t lo, uint64_t hi)
+{
+#ifdef FP_STORE16_LE
+    _mm_storeu_si128((__m128i *)out, _mm_set_epi64x((long long)hi, (long long)lo));
+#else
+    uint8_t b[16];
+    for (int i = 0; i < 8; i++) { b[i] = (uint8_t)(lo >> (8 * i)); b[8 + i] = (uint8_t)(hi >> (8 * i)); }
+    memcpy(out, b, 16);
+#endif
+}
+
+/* Byte strings as the little-endian words fp_store_words16 takes. */
+static inline uint64_t fp_le_bytes(const uint8_t *p, int n)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < n; i++) v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+/* RFC 4106 section 4, RFC 7634 section 2, RFC 4543 section 3.1: nonce = salt || 8-byte IV;
+ * with an implicit IV (RFC 8750 section 3) the IV is the 64-bit sequence number. */
+static inline void fp_nonce16(uint8_t *out, const uint8_t *salt, const uint8_t *iv, uint64_t seq)
+{
+    uint8_t ivb[8];
+    if (!iv) { fp_store_be64(ivb, seq); iv = ivb; }
+    fp_store_words16(out, fp_le_bytes(salt, 4) | fp_le_bytes(iv, 4) << 32, fp_le_bytes(iv + 4, 4));
+}
+
+/* RFC 4106 section 5: the ESN AAD is SPI || sequence high || sequence low (12 bytes). */
+static inline void fp_esn_aad16(uint8_t *out, const uint8_t *esp, uint64_t seq)
+{
+    uint8_t hi[4];
+    fp_store_be32(hi, (uint32_t)(seq >> 32));
+    fp_store_words16(out, fp_le_bytes(esp, 4) | fp_le_bytes(hi, 4) << 32, fp_le_bytes(esp + 4, 4));
+}
+
+/* RFC 3686 section 4: counter block = nonce || IV || 32-bit block counter 1. */
+static inline void fp_ctr_block16(uint8_t *out, const uint8_t *nonce, const uint8_t *iv)
+{
+    static const uint8_t one[4] = {0, 0, 0, 1};
+    fp_store_words16(out, fp_le_bytes(nonce, 4) | fp_le_bytes(iv, 4) << 32,
+                     fp_le_bytes(iv + 4, 4) | fp_le_bytes(one, 4) << 32);
 }
 
 /* RFC 1071 one's-complement sum, folded; callers complement it. */

@@ -9,7 +9,6 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <immintrin.h>
 
 /* A manager holds the job queue, so each thread needs its own; it lives as long as the
  * thread and is freed by the key's destructor. */
@@ -64,42 +63,6 @@ static inline aes_gcm_pre_t fp_gcm_pre_fn(IMB_MGR *m, int klen)
 { return klen == 16 ? m->gcm128_pre : klen == 24 ? m->gcm192_pre : m->gcm256_pre; }
 static inline keyexp_t fp_keyexp_fn(IMB_MGR *m, int klen)
 { return klen == 16 ? m->keyexp_128 : klen == 24 ? m->keyexp_192 : m->keyexp_256; }
-
-/* The 12-byte nonce (salt || 8-byte IV) and the 12-byte ESN AAD, each written with one
- * 16-byte store: built from small stores, the library's vector load of them would wait on
- * a failed store forward, which costs as much as a third of a 64-byte packet's GCM. */
-static inline void fp_nonce16(uint8_t *out, const uint8_t *salt, const uint8_t *iv, uint64_t seq)
-{
-    uint32_t s4, lo4, hi4;
-    uint64_t iv8;
-    memcpy(&s4, salt, 4);
-    if (iv) memcpy(&iv8, iv, 8);
-    else iv8 = __builtin_bswap64(seq);               /* RFC 8750: the sequence number */
-    lo4 = (uint32_t)iv8;
-    hi4 = (uint32_t)(iv8 >> 32);
-    _mm_storeu_si128((__m128i *)out, _mm_set_epi64x((int64_t)hi4, (int64_t)(s4 | ((uint64_t)lo4 << 32))));
-}
-
-/* RFC 3686 section 4: nonce || IV || 32-bit block counter 1, in one store */
-static inline void fp_ctr_block16(uint8_t *out, const uint8_t *salt, const uint8_t *iv)
-{
-    uint32_t s4;
-    uint64_t iv8;
-    memcpy(&s4, salt, 4);
-    memcpy(&iv8, iv, 8);
-    _mm_storeu_si128((__m128i *)out, _mm_set_epi64x((int64_t)((iv8 >> 32) | ((uint64_t)__builtin_bswap32(1) << 32)),
-                                                    (int64_t)(s4 | (iv8 << 32))));
-}
-
-static inline void fp_esn_aad16(uint8_t *out, const uint8_t *esp, uint64_t seq)
-{
-    /* RFC 4106 section 5: SPI || seq high || seq low */
-    uint32_t spi, lo;
-    memcpy(&spi, esp, 4);
-    memcpy(&lo, esp + 4, 4);
-    _mm_storeu_si128((__m128i *)out, _mm_set_epi64x((int64_t)lo,
-                     (int64_t)(spi | ((uint64_t)__builtin_bswap32((uint32_t)(seq >> 32)) << 32))));
-}
 
 /* Per-SA key material for the library, laid out with the alignment it requires. */
 typedef struct fp_mb_sa fp_mb_sa;

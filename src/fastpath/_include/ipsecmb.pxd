@@ -102,9 +102,6 @@ cdef extern from "imb_glue.h" nogil:
     IMB_JOB *IMB_SUBMIT_JOB(IMB_MGR *m)
     IMB_JOB *IMB_GET_COMPLETED_JOB(IMB_MGR *m)
     IMB_JOB *IMB_FLUSH_JOB(IMB_MGR *m)
-    void fp_nonce16(uint8_t *out, const uint8_t *salt, const uint8_t *iv, uint64_t seq)
-    void fp_esn_aad16(uint8_t *out, const uint8_t *esp, uint64_t seq)
-    void fp_ctr_block16(uint8_t *out, const uint8_t *salt, const uint8_t *iv)
     chacha_poly_init_t fp_cp_init "fp_mgr()->chacha20_poly1305_init"
     chacha_poly_enc_dec_update_t fp_cp_enc "fp_mgr()->chacha20_poly1305_enc_update"
     chacha_poly_enc_dec_update_t fp_cp_dec "fp_mgr()->chacha20_poly1305_dec_update"
