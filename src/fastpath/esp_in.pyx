@@ -252,7 +252,7 @@ cdef uint32_t decap_burst(sa_t *sa, uint8_t *buf, size_t buflen, int64_t *off, u
     result; every packet processed gets status[i]; others are not touched."""
     cdef crypto_op_t ops[CHUNK]
     cdef pkt_meta_t meta[CHUNK]
-    cdef uint32_t base = 0, i, k, cnt, ok = 0
+    cdef uint32_t base = 0, i, k, cnt, ahead, ok = 0
     cdef uint64_t counts[N_STATUS]
     cdef uint64_t nbytes = 0
     cdef Status st
@@ -261,8 +261,9 @@ cdef uint32_t decap_burst(sa_t *sa, uint8_t *buf, size_t buflen, int64_t *off, u
         cnt = n - base if n - base < CHUNK else CHUNK
         for k in range(cnt):
             i = idx[base + k] if idx != NULL else base + k
-            if idx == NULL and i + PREFETCH_AHEAD < n:
-                fp_prefetch_packet(buf + off[i + PREFETCH_AHEAD], lens[i + PREFETCH_AHEAD])
+            if base + k + PREFETCH_AHEAD < n:
+                ahead = idx[base + k + PREFETCH_AHEAD] if idx != NULL else base + k + PREFETCH_AHEAD
+                fp_prefetch_packet(buf + off[ahead], lens[ahead])
             ops[k].status = decap_prepare(sa, buf + off[i], lens[i], NULL, 0, &ops[k], &meta[k], verify)
         if verify:
             sa.crypto.open_burst(&sa.crypto, ops, cnt)

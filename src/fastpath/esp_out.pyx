@@ -276,7 +276,7 @@ cdef uint32_t encap_burst(sa_t *sa, uint8_t *buf, size_t buflen, int64_t *off, u
     packet processed gets status[i]; others are not touched."""
     cdef crypto_op_t ops[CHUNK]
     cdef pkt_meta_t meta[CHUNK]
-    cdef uint32_t base = 0, i, k, cnt, ok = 0
+    cdef uint32_t base = 0, i, k, cnt, ahead, ok = 0
     cdef uint8_t *lo
     cdef uint8_t *hi
     cdef uint64_t counts[N_STATUS]
@@ -290,8 +290,9 @@ cdef uint32_t encap_burst(sa_t *sa, uint8_t *buf, size_t buflen, int64_t *off, u
             hi = lo + stride
             if hi > buf + buflen:
                 hi = buf + buflen
-            if idx == NULL and i + PREFETCH_AHEAD < n:
-                fp_prefetch_packet(buf + off[i + PREFETCH_AHEAD], lens[i + PREFETCH_AHEAD])
+            if base + k + PREFETCH_AHEAD < n:
+                ahead = idx[base + k + PREFETCH_AHEAD] if idx != NULL else base + k + PREFETCH_AHEAD
+                fp_prefetch_packet(buf + off[ahead], lens[ahead])
             ops[k].status = encap_prepare(sa, lo, buf + off[i], lens[i], hi, &ops[k], &meta[k])
         sa.crypto.seal_burst(&sa.crypto, ops, cnt)
         for k in range(cnt):

@@ -25,3 +25,10 @@ cdef class SAState:
     cdef uint32_t decap_burst_c(self, uint8_t *buf, size_t buflen, int64_t *off, uint32_t *lens,
                                 uint8_t *status, uint32_t n, bint verify,
                                 const uint32_t *idx=*) noexcept nogil
+
+
+# The checked buffer acquisition of the batch calls, for other batch APIs (the engine):
+# writable, C-contiguous, itemsize bytes of one of the struct codes. Release with
+# PyBuffer_Release.
+cdef int acquire_array(object obj, Py_buffer *view, Py_ssize_t itemsize, const char *codes,
+                       str what) except -1

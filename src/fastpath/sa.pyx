@@ -14,7 +14,7 @@ from cpython.buffer cimport (
 from cpython.pythread cimport (
     PyThread_allocate_lock, PyThread_free_lock, PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK)
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
-from libc.string cimport memset, memcpy
+from libc.string cimport memset, memcpy, strchr
 
 from fastpath._include.compat cimport fp_store_be16, fp_csum_add
 from fastpath.crypto cimport crypto_init, crypto_free, CIPHER_AES_CBC, CIPHER_3DES_CBC, CIPHER_DES_CBC
@@ -416,13 +416,13 @@ cdef class SAState:
         cdef const uint32_t *idx = NULL
         cdef bytearray seen
         cdef bint have_idx = False
-        _acquire_array(buf, &vb, 1, "Bbc", "buf")
+        acquire_array(buf, &vb, 1, b"Bbc", "buf")
         try:
-            _acquire_array(offsets, &vo, 8, "qln", "offsets")
+            acquire_array(offsets, &vo, 8, b"qln", "offsets")
             try:
-                _acquire_array(lengths, &vl, 4, "IL", "lengths")
+                acquire_array(lengths, &vl, 4, b"IL", "lengths")
                 try:
-                    _acquire_array(status, &vs, 1, "B", "status")
+                    acquire_array(status, &vs, 1, b"B", "status")
                     try:
                         n = <uint32_t>(vo.len // 8)
                         if vl.len // 4 != n or vs.len < n:
@@ -431,7 +431,7 @@ cdef class SAState:
                         off, lens = <int64_t *>vo.buf, <uint32_t *>vl.buf
                         count = n
                         if indices is not None:
-                            _acquire_array(indices, &vi, 4, "IL", "indices")
+                            acquire_array(indices, &vi, 4, b"IL", "indices")
                             have_idx = True
                             idx = <const uint32_t *>vi.buf
                             count = <uint32_t>(vi.len // 4)
@@ -481,14 +481,20 @@ cdef class SAState:
         return self.decap_burst_c(buf, buflen, off, lens, status, n, verify, idx)
 
 
-cdef int _acquire_array(object obj, Py_buffer *view, Py_ssize_t itemsize, str codes, str what) except -1:
+cdef int acquire_array(object obj, Py_buffer *view, Py_ssize_t itemsize, const char *codes,
+                       str what) except -1:
     """A writable, C-contiguous buffer whose items are *itemsize* bytes of one of the struct
-    type *codes* (native order), e.g. array('q'), numpy int64, bytearray, memoryviews of them."""
+    type *codes* (native order), e.g. array('q'), numpy int64, bytearray, memoryviews of them.
+    Checked in C: batch calls pay for it on every call."""
+    cdef const char *f = b"B"
     _acquire(obj, view, True, what)
-    fmt = (<bytes>view.format).decode() if view.format != NULL else "B"
-    if view.itemsize != itemsize or fmt.lstrip("@=<") not in codes or len(fmt.lstrip("@=<")) != 1:
+    if view.format != NULL:
+        f = view.format
+    while f[0] == b'@' or f[0] == b'=' or f[0] == b'<':
+        f += 1
+    if view.itemsize != itemsize or f[0] == 0 or f[1] != 0 or strchr(codes, f[0]) == NULL:
+        fmt = (<bytes>view.format).decode() if view.format != NULL else "B"
         PyBuffer_Release(view)
-        raise ValueError(f"{what} must hold {itemsize}-byte items of type {'/'.join(codes)}, "
+        raise ValueError(f"{what} must hold {itemsize}-byte items of type {'/'.join(codes.decode())}, "
                         f"got format {fmt!r} with {view.itemsize}-byte items")
     return 0
-

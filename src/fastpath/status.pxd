@@ -28,6 +28,14 @@ cpdef enum Status:
     INTERNAL = 19          # the crypto library failed; the SA should be torn down
     NOT_PROCESSED = 20     # left untouched (a batch slot the call did not reach)
     SA_DEAD = 21           # the SA was closed (hard lifetime, deletion): nothing was processed
+    # the engine's policy decisions (RFC 4301 sections 5.1 and 5.2)
+    BYPASS = 22            # not a drop: a BYPASS policy passes the packet on unchanged
+    POLICY_DISCARD = 23    # a DISCARD policy matched
+    NO_POLICY = 24         # no policy matched: discarded (RFC 4301 4.4.1 default)
+    NO_SA = 25             # PROTECT matched but no SA is installed yet: an acquire was raised
+    UNKNOWN_SPI = 26       # inbound ESP for no installed SA (RFC 4303 3.4.2: auditable)
+    POLICY_MISMATCH = 27   # the decapsulated packet is outside its SA's selectors (RFC 4301 5.2)
+    UNPROTECTED = 28       # arrived in clear but a PROTECT policy covers it (RFC 4301 5.2 step 3a)
 
 cdef enum:
-    N_STATUS = 22
+    N_STATUS = 29

@@ -23,6 +23,13 @@ _DESCRIPTIONS = {
     Status.INTERNAL: "crypto library failure",
     Status.NOT_PROCESSED: "not processed",
     Status.SA_DEAD: "the SA is closed",
+    Status.BYPASS: "passed on unchanged by a BYPASS policy",
+    Status.POLICY_DISCARD: "discarded by a DISCARD policy",
+    Status.NO_POLICY: "no policy matched",
+    Status.NO_SA: "PROTECT policy without an SA yet (acquire raised)",
+    Status.UNKNOWN_SPI: "no SA for this SPI and destination",
+    Status.POLICY_MISMATCH: "inner packet outside the SA's selectors",
+    Status.UNPROTECTED: "arrived in clear but policy requires protection",
 }
 
 STATUS_COUNT = N_STATUS
@@ -99,6 +106,13 @@ STATUS_EXCEPTIONS = {
     Status.INTERNAL: CryptoFailure,
     Status.NOT_PROCESSED: PacketError,
     Status.SA_DEAD: SAClosedError,
+    Status.BYPASS: PacketError,
+    Status.POLICY_DISCARD: PacketError,
+    Status.NO_POLICY: PacketError,
+    Status.NO_SA: PacketError,
+    Status.UNKNOWN_SPI: MalformedPacket,
+    Status.POLICY_MISMATCH: PacketError,
+    Status.UNPROTECTED: PacketError,
 }
 
 

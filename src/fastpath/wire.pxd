@@ -21,6 +21,7 @@ cdef enum:
 cdef enum:
     # IANA protocol numbers ("next header")
     IPPROTO_HOPOPTS = 0
+    IPPROTO_ICMP = 1
     IPPROTO_IPIP = 4
     IPPROTO_TCP = 6
     IPPROTO_UDP = 17
@@ -30,6 +31,8 @@ cdef enum:
     IPPROTO_ESP = 50
     IPPROTO_NONE = 59         # RFC 4303 section 2.6: dummy packets carry next header 59
     IPPROTO_DSTOPTS = 60
+    IPPROTO_ICMPV6 = 58
+    IPPROTO_SCTP = 132
 
 cdef enum:
     # RFC 3948 section 2: ESP-in-UDP. Port 4500; a zero "SPI" is the non-ESP marker of IKE;

@@ -11,7 +11,13 @@ Shaped like strongSwan's kernel interface and PF_KEY (RFC 2367): ``get_spi``, ``
 The SPI is the only coupling to the engine (the 1993 working group's SAID). Policies and SAs
 meet through ``reqid``: a PROTECT policy uses the newest mature outbound SA with its reqid,
 so a rekey installs the new SAs first and the switch is one lookup (make-before-break).
-An SA's keys never change; a change is a new SA.
+Installing an SA with the reqid, destination and direction of a live one (a rekey) retires
+the old one: it keeps working for ``rekey_grace`` seconds (strongSwan keeps 5 s), for
+packets in flight and a peer that switches late, counts those late packets, and is then
+deleted by ``tick``. An SA's keys never change; a change is a new SA.
+
+Listeners registered with ``subscribe`` are called after every change (the engine rebuilds
+its packet-path tables there).
 """
 
 from __future__ import annotations
@@ -53,14 +59,27 @@ class Mapping:
 
 class KeyManagerAPI:
     def __init__(self, *, sad: SADatabase | None = None, spd: PolicyDatabase | None = None,
-                 pad: PeerAuthorizationDatabase | None = None, clock: Callable[[], float] = time.monotonic):
+                 pad: PeerAuthorizationDatabase | None = None, clock: Callable[[], float] = time.monotonic,
+                 rekey_grace: float = 5.0):
+        if rekey_grace < 0:
+            raise ConfigError(f"rekey_grace must be 0 or more seconds, got {rekey_grace}")
         self.clock = clock
+        self.rekey_grace = rekey_grace
+        self._listeners: list[Callable[[], None]] = []
         self.sad = sad if sad is not None else SADatabase(clock=clock)
         self.spd = spd if spd is not None else PolicyDatabase()
         self.pad = pad if pad is not None else PeerAuthorizationDatabase()
         self._callbacks: dict[str, list[Callable[[Any], None]]] = {e: [] for e in EVENTS}
 
     # -- events ---------------------------------------------------------------------------
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call *listener* after every change to SAs or policies."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     def on(self, event: str, callback: Callable[[Any], None]) -> None:
         if event not in self._callbacks:
@@ -87,7 +106,10 @@ class KeyManagerAPI:
 
     def tick(self) -> list[Expiry]:
         """Check lifetimes (call periodically and after batches); emits and returns expiries."""
+        before = len(self.sad)
         events = self.sad.expire()
+        if events or len(self.sad) != before:
+            self._changed()
         for ev in events:
             self._emit("expire", ev)
         return events
@@ -102,7 +124,15 @@ class KeyManagerAPI:
         sa = SecurityAssociation(config, direction, lifetimes=lifetimes, clock=self.clock, label=label,
                                  reqid=reqid, group_source=None if group_source is None
                                  else ipaddress.ip_address(group_source))
-        return self.sad.add(sa)
+        self.sad.add(sa)
+        if reqid:
+            now = self.clock()
+            for old in self.sad:
+                if (old is not sa and old.direction == direction and old.reqid == reqid and old.dst == sa.dst
+                        and old.group_source == sa.group_source and old.spi != sa.spi):
+                    old.replace(now, self.rekey_grace)
+        self._changed()
+        return sa
 
     def update_sa(self, spi: int, dst, direction: str = "in", *, lifetimes: Lifetimes | None = None) -> SecurityAssociation:
         """Change what may change of a live SA: its lifetimes (PF_KEY UPDATE). Keys and
@@ -110,6 +140,7 @@ class KeyManagerAPI:
         sa = self.sad.get(spi, dst, direction)
         if lifetimes is not None:
             sa.lifetimes = lifetimes
+        self._changed()
         return sa
 
     def query_sa(self, spi: int, dst, direction: str = "in") -> dict:
@@ -121,16 +152,20 @@ class KeyManagerAPI:
             "proposal": sa.config.transform.name, "reqid": sa.reqid, "label": sa.label,
             "bytes": nbytes, "packets": npackets, "age": now - sa.added_at,
             "use_age": None if sa.first_used_at is None else now - sa.first_used_at,
-            "lifetimes": sa.lifetimes, "seq_out": None if sa.kernel.closed else sa.kernel.seq_out,
+            "lifetimes": sa.lifetimes, "late_packets": sa.late_packets,
+            "retire_in": None if sa.retire_at is None else max(0.0, sa.retire_at - now),
+            "seq_out": None if sa.kernel.closed else sa.kernel.seq_out,
             "replay_top": None if sa.kernel.closed else sa.kernel.replay_top,
             "counters": None if sa.kernel.closed else sa.kernel.counters(),
         }
 
     def del_sa(self, spi: int, dst, direction: str = "in") -> None:
         self.sad.delete(spi, dst, direction)
+        self._changed()
 
     def flush_sas(self) -> None:
         self.sad.flush()
+        self._changed()
 
     def outbound_sa(self, policy: Policy) -> SecurityAssociation | None:
         """The SA a PROTECT policy uses now: the newest mature (or, lacking one, dying)
@@ -150,13 +185,17 @@ class KeyManagerAPI:
                    priority: int = 1000, reqid: int = 0, label: str | None = None) -> Policy:
         if action is Action.PROTECT and reqid == 0:
             raise ConfigError("a PROTECT policy needs the reqid of the SAs that carry it")
-        return self.spd.add(Policy(selector, action, direction, priority, label, reqid))
+        policy = self.spd.add(Policy(selector, action, direction, priority, label, reqid))
+        self._changed()
+        return policy
 
     def query_policy(self, policy_id: int) -> Policy:
         return self.spd.get(policy_id)
 
     def del_policy(self, policy_id: int) -> None:
         self.spd.delete(policy_id)
+        self._changed()
 
     def flush_policies(self) -> None:
         self.spd.flush()
+        self._changed()

@@ -143,13 +143,19 @@ def _bytes(value: Any, key: str, env: Mapping[str, str]) -> bytes:
     not sit in the configuration file."""
     if isinstance(value, dict):
         if set(value) == {"file"}:
+            name = value["file"]
+            # a path, never a file descriptor: open(1) would read (and close) stdout
+            if not isinstance(name, str) or not name or "\0" in name:
+                raise ConfigError(f"'file' must be a path, got {name!r}", key=key)
             try:
-                with open(value["file"], encoding="ascii") as f:
+                with open(name, encoding="ascii") as f:
                     value = f.read().strip()
             except OSError as exc:
-                raise ConfigError(f"cannot read key file {value['file']!r}: {exc.strerror}", key=key) from None
+                raise ConfigError(f"cannot read key file {name!r}: {exc.strerror}", key=key) from None
+            except UnicodeDecodeError:
+                raise ConfigError(f"key file {name!r} must hold hex text, not binary", key=key) from None
         elif set(value) == {"env"}:
-            if value["env"] not in env:
+            if not isinstance(value["env"], str) or value["env"] not in env:
                 raise ConfigError(f"environment variable {value['env']!r} is not set", key=key)
             value = env[value["env"]].strip()
         else:
@@ -164,6 +170,8 @@ def _bytes(value: Any, key: str, env: Mapping[str, str]) -> bytes:
 
 
 def _address(value: Any, key: str) -> IPAddress:
+    if not isinstance(value, str):           # ip_address(1) would be 0.0.0.1
+        raise ConfigError(f"expected an address string, got {value!r}", key=key)
     try:
         return ipaddress.ip_address(value)
     except ValueError:
@@ -171,13 +179,16 @@ def _address(value: Any, key: str) -> IPAddress:
 
 
 def _network(value: Any, key: str) -> IPNetwork:
+    if not isinstance(value, str):
+        raise ConfigError(f"expected a prefix string, got {value!r}", key=key)
     try:
         return ipaddress.ip_network(value, strict=False)
     except ValueError:
         raise ConfigError(f"{value!r} is not an IP prefix", key=key) from None
 
 
-_KNOWN = {f.name for f in fields(SAConfig)} - {"transform"} | {"proposal", "encap"}
+# the file says encap = "udp"; SAConfig's own field name is not a key
+_KNOWN = {f.name for f in fields(SAConfig)} - {"transform", "udp"} | {"proposal", "encap"}
 
 
 def sa_from_mapping(entry: Mapping[str, Any], *, key: str = "sa", allow_insecure: bool = False,

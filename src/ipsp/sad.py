@@ -94,6 +94,10 @@ class SecurityAssociation:
         self.state = SAStateName.MATURE
         self.kernel: fastpath.SAState = config.make_state()
         self._soft_sent = False
+        self.replaced_at: float | None = None     # a rekey installed its successor then
+        self.retire_at: float | None = None       # and it is deleted at this time
+        self._usage_at_replace = (0, 0)
+        self._final_counters: dict | None = None
 
     @property
     def spi(self) -> int:
@@ -109,6 +113,24 @@ class SecurityAssociation:
             return self._final_usage
         c = self.kernel.counters()["out" if self.direction == "out" else "in"]
         return c["bytes"], c["packets"]
+
+    def counters(self) -> dict:
+        """The kernel's counters (the last ones it had, once dead)."""
+        return self._final_counters if self.kernel.closed and self._final_counters else self.kernel.counters()
+
+    def replace(self, now: float, grace: float) -> None:
+        """A rekey installed the successor: keep working for *grace* seconds (packets
+        already in flight, the peer's switch), then die. Not an expiry: no event."""
+        if self.replaced_at is None and self.state is not SAStateName.DEAD:
+            self.replaced_at = now
+            self.retire_at = now + grace
+            self._usage_at_replace = self.usage()
+            self.state = SAStateName.DYING
+
+    @property
+    def late_packets(self) -> int:
+        """Packets this SA processed after its successor was installed."""
+        return 0 if self.replaced_at is None else self.usage()[1] - self._usage_at_replace[1]
 
     def check_lifetimes(self) -> Expiry | None:
         """Compare usage and age with the limits; move to DYING (soft) or DEAD (hard) and
@@ -140,6 +162,7 @@ class SecurityAssociation:
         """Dead: the kernel state closes (keys wiped); its packets get SA_DEAD."""
         if self.state is not SAStateName.DEAD:
             self._final_usage = self.usage()
+            self._final_counters = self.kernel.counters()
             self.state = SAStateName.DEAD
             self.kernel.close()
 
@@ -210,7 +233,8 @@ class SADatabase:
                     return spi
         raise ConfigError(f"no free SPI in {lo:#x}..{hi:#x} for {dst}")
 
-    def _key(self, sa: SecurityAssociation) -> tuple:
+    def key(self, sa: SecurityAssociation) -> tuple:
+        """The SA's lookup key: unique in the database."""
         if sa.direction == "out":
             return ("out", sa.spi, sa.dst.packed, None)
         return ("in", sa.spi, sa.dst.packed, sa.group_source.packed if sa.group_source else None)
@@ -218,7 +242,7 @@ class SADatabase:
     def add(self, sa: SecurityAssociation) -> SecurityAssociation:
         """Install an SA (after get_spi for inbound SAs the key manager negotiated, or directly
         for manual keying). An SA with the same lookup key is an error: nothing changes."""
-        key = self._key(sa)
+        key = self.key(sa)
         with self._lock:
             if key in self._by_key:
                 sa.kill()
@@ -231,10 +255,7 @@ class SADatabase:
 
     def delete(self, spi: int, dst, direction: str = "in") -> SecurityAssociation:
         sa = self.get(spi, dst, direction)
-        with self._lock:
-            table = dict(self._by_key)
-            table.pop(self._key(sa), None)
-            self._by_key = table
+        self._remove(sa)
         sa.kill()
         return sa
 
@@ -245,15 +266,31 @@ class SADatabase:
             sa.kill()
 
     def expire(self) -> list[Expiry]:
-        """Check every SA's lifetimes; dead SAs leave the database. Returns the events."""
+        """Check every SA's lifetimes; dead SAs leave the database, and so do SAs replaced
+        by a rekey once their grace period is over. Returns the expire events."""
         events = []
+        now = self._clock()
         for sa in list(self._by_key.values()):
+            if sa.retire_at is not None and now >= sa.retire_at:
+                self._remove(sa)
+                sa.kill()
+                continue
             ev = sa.check_lifetimes()
             if ev is not None:
                 events.append(ev)
                 if ev.hard:
-                    with self._lock:
-                        table = dict(self._by_key)
-                        table.pop(self._key(sa), None)
-                        self._by_key = table
+                    self._remove(sa)
         return events
+
+    def remove(self, sa: SecurityAssociation) -> None:
+        """Take this very SA out (if it is still there) and kill it."""
+        self._remove(sa)
+        sa.kill()
+
+    def _remove(self, sa: SecurityAssociation) -> None:
+        key = self.key(sa)
+        with self._lock:
+            if self._by_key.get(key) is sa:
+                table = dict(self._by_key)
+                del table[key]
+                self._by_key = table

@@ -54,6 +54,10 @@ BAD = [
      "sa[0].proposal: proposal 'des-sha1' is insecure"),
     (GOOD.replace(f'"{K20}"', '{ env = "NOPE" }'), "sa[0].enc_key: environment variable 'NOPE' is not set"),
     (GOOD.replace(f'"{K20}"', '{ file = "/nonexistent/k" }'), "sa[0].enc_key: cannot read key file '/nonexistent/k'"),
+    (GOOD.replace(f'"{K20}"', '{ file = 1 }'), "sa[0].enc_key: 'file' must be a path, got 1"),
+    (GOOD.replace(f'"{K20}"', '{ env = 1 }'), "sa[0].enc_key: environment variable 1 is not set"),
+    (GOOD.replace('"192.0.2.2"', "true"), "sa[0].dst: expected an address string, got True"),
+    (GOOD + "udp = true\n", "sa[0]: unknown key(s) udp"),
     (GOOD + 'backend = "gpu"\n', "sa[0].backend: backend must be one of auto, openssl, ipsecmb"),
     (GOOD.replace("aes128gcm16", "aes128-sha1").replace(K20, K16) + f'auth_key = "{K20}"\nimplicit_iv = true\n',
      "sa[0].implicit_iv: implicit_iv (RFC 8750) needs an AES-GCM or ChaCha20-Poly1305 proposal"),
@@ -112,3 +116,9 @@ def test_strongswan_keywords_and_aliases(word, cipher, integ, icv):
 def test_legacy_flags_follow_rfc8221():
     assert parse_proposal("des-sha1").legacy and parse_proposal("aes128-md5").legacy
     assert not parse_proposal("3des-sha1").legacy and not parse_proposal("aes128gcm16").legacy
+
+
+def test_a_binary_key_file_is_a_config_error(tmp_path):
+    (tmp_path / "k").write_bytes(bytes(range(256)))
+    with pytest.raises(ConfigError, match="must hold hex text"):
+        _load(tmp_path, GOOD.replace(f'"{K20}"', f'{{ file = "{tmp_path / "k"}" }}'))

@@ -6,7 +6,7 @@ import ipaddress
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from fastpath.classify import CLASS_NONE, CLASS_UNPARSEABLE, Classifier
+from fastpath.classify import CLASS_NONE, CLASS_UNPARSEABLE, Classifier, cache_stats
 from ipsp import ConfigError
 from ipsp.gen import ipv4_udp
 from ipsp.spd import Action, Direction, Policy, PolicyDatabase, PolicySelector
@@ -33,26 +33,49 @@ packet = st.tuples(octet, octet, st.integers(0, 255), octet, octet, st.integers(
 def test_classifier_matches_reference_first_match(selectors, packets):
     policies = [Policy(s, Action.PROTECT) for s in selectors]
     db = PolicyDatabase(policies)
-    c = Classifier()
-    c.load(_rules(db.policies(Direction.OUT)))
+    c = Classifier(_rules(db.policies(Direction.OUT)))
     ordered = db.policies(Direction.OUT)
     for _ in range(2):                       # the second pass answers from the flow cache
         for a, b, x, d, e, y, dport, sport in packets:
             src, dst = bytes([10, a, b, x]), bytes([10, d, e, y])
             ref = db.lookup(Direction.OUT, ipaddress.ip_address(src), ipaddress.ip_address(dst), 17, sport, dport)
-            got = c.classify(ipv4_udp(60, src, dst, sport, dport, 0, 0))
-            assert got == (ordered.index(ref) if ref else CLASS_NONE)
+            pkt = ipv4_udp(60, src, dst, sport, dport, 0, 0)
+            want = ordered.index(ref) if ref else CLASS_NONE
+            assert c.classify(pkt) == want
 
 
-def test_reload_invalidates_the_flow_cache():
-    c = Classifier()
-    sel = PolicySelector(ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("10.0.0.0/8"))
+def test_a_new_table_never_uses_answers_cached_for_an_old_one():
+    def table(last):
+        # more rules than a table the classifier scans without its cache
+        other = PolicySelector(ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("192.0.2.0/24"))
+        return Classifier(_rules([Policy(other, Action.DISCARD)] * 7 + [Policy(last, Action.PROTECT)]))
     pkt = ipv4_udp(60, bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]), 1, 2, 0, 0)
-    c.load(_rules([Policy(sel, Action.PROTECT)]))
-    assert c.classify(pkt) == 0 and c.classify(pkt) == 0
-    c.load([])
-    assert c.classify(pkt) == CLASS_NONE
-    assert c.classify(b"\x45" + bytes(5)) == CLASS_UNPARSEABLE
+    old = table(PolicySelector(ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("10.0.0.0/8")))
+    hits, misses = cache_stats()
+    assert old.classify(pkt) == 7 and old.classify(pkt) == 7
+    assert cache_stats() == (hits + 1, misses + 1)
+    new = table(PolicySelector(ipaddress.ip_network("10.9.0.0/16"), ipaddress.ip_network("10.0.0.0/8")))
+    assert new.classify(pkt) == CLASS_NONE
+    assert new.classify(b"\x45" + bytes(5)) == CLASS_UNPARSEABLE
+    assert Classifier([]).classify(pkt) == CLASS_NONE
+
+
+def test_batch_agrees_with_single_calls_and_checks_bounds():
+    import numpy as np
+    sel = PolicySelector(ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("10.1.0.0/16"), proto=17)
+    c = Classifier(_rules([Policy(sel, Action.PROTECT)]))
+    pkts = [ipv4_udp(60, bytes([10, 0, 0, i]), bytes([10, 1 + i % 2, 0, 2]), 1, 2, 0, 0) for i in range(40)]
+    pkts[7] = b"\x60" + bytes(10)
+    buf = np.frombuffer(b"".join(p.ljust(64, b"\0") for p in pkts), dtype=np.uint8).copy()
+    offs = np.arange(40, dtype=np.int64) * 64
+    lens = np.array([len(p) for p in pkts], dtype=np.uint32)
+    out = np.zeros(40, dtype=np.int32)
+    c.classify_batch(buf, offs, lens, out)
+    assert list(out) == [c.classify(p) for p in pkts]
+    assert out[7] == CLASS_UNPARSEABLE and out[1] == CLASS_NONE and out[0] == 0
+    offs[3] = len(buf) - 10
+    with pytest.raises(ValueError, match="packet 3"):
+        c.classify_batch(buf, offs, lens, out)
 
 
 def test_database_order_priority_and_errors():

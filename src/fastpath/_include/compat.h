@@ -16,6 +16,16 @@
 
 /* Ask for the lines a packet's first touch needs (its start, and the room in front of it
  * where headers are written) a few packets ahead of the loop that touches them. */
+/* counters shared by threads that run batches side by side; relaxed: totals, not ordering */
+static inline void fp_atomic_add(uint64_t *p, uint64_t v) { __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
+
+/* the lines of a small object about to be read and written (a hash bucket) */
+static inline void fp_prefetch_object(const void *p, uint32_t len)
+{
+    __builtin_prefetch(p, 1, 3);
+    __builtin_prefetch((const uint8_t *)p + len - 1, 1, 3);
+}
+
 static inline void fp_prefetch_packet(const uint8_t *p, uint32_t len)
 {
     __builtin_prefetch(p - 64, 1, 3);
