@@ -12,11 +12,18 @@ import sys
 def main(path):
     with open(path) as f:
         data = json.load(f)
-    kern, floor, threads = {}, {}, []
+    kern, floor, threads, engine, spd = {}, {}, [], {}, {}
     for b in data["benchmarks"]:
         info = b["extra_info"]
         if "speedup" in info:
             threads.append(info)
+            continue
+        ns = b["stats"]["min"] * 1e9 / info["packets"]
+        if "path" in info:
+            engine[(info["direction"], info["backend"], info["path"], info["policies"])] = ns
+            continue
+        if info.get("stage") == "spd":
+            spd[(info["flows"], info["policies"])] = ns
             continue
         m = re.search(r"batch(\d+)", b["name"])
         batch = int(m.group(1)) if m else 1
@@ -34,6 +41,19 @@ def main(path):
     for t in threads:
         print(f"threads: {t['proposal']} {t['backend']} {t['size']}B: two threads on two SAs "
               f"{t['speedup']:.2f}x one thread")
+    if engine:
+        print("engine path / bare kernel batch call, aes128gcm16 64 B, batches of 256 (ns per packet):")
+        for (direction, backend, path, policies), ns in sorted(engine.items()):
+            if path == "engine":
+                base = engine.get((direction, backend, "kernel", 0))
+                print(f"  {direction:8} {backend:8} {policies:5} policies {ns:7.1f} vs {base:7.1f}  "
+                      f"{ns / base:5.2f}x")
+    if spd:
+        print("SPD lookup, outbound classifier alone (ns per packet):")
+        for flows in sorted({f for f, _ in spd}):
+            few, many = spd.get((flows, 10)), spd.get((flows, 1000))
+            if few and many:
+                print(f"  {flows:6} flows: 10 policies {few:7.1f}, 1000 policies {many:7.1f}  {many / few:6.2f}x")
 
 
 if __name__ == "__main__":

@@ -100,7 +100,21 @@ ctypedef struct cache_entry_t:
     flow_key_t key
     uint32_t table              # the Classifier.uid that answered; 0: empty
     int32_t result
-    uint64_t pad[2]
+    uint64_t stamp              # when it was filled: of a flow's two places, the older is evicted
+    uint64_t pad
+
+
+ctypedef struct tuple_entry_t:
+    uint64_t key[5]             # a rule's selector values under its tuple's mask
+    int32_t rule                # the first rule with exactly these values; -1: empty
+
+ctypedef struct tuple_t:
+    # rules that mask the key the same way (prefix lengths, protocol given or not, ports
+    # exact or any) in one hash table: a lookup is one probe per tuple, not one test per rule
+    uint64_t mask[5]
+    int32_t first_rule          # the smallest rule index inside: tuples are searched in this order
+    uint32_t size_mask
+    tuple_entry_t *entries
 
 
 cdef class Classifier:
@@ -109,6 +123,13 @@ cdef class Classifier:
     cdef rule_t *rules
     cdef int32_t nrules
     cdef uint32_t uid
+    cdef tuple_t *tuples        # the compiled lookup (tuple space search, as Open vSwitch's
+    cdef int32_t ntuples        # classifier), used when the flow cache misses
+    cdef int32_t *ranges        # rules whose port ranges no mask can express, scanned in order
+    cdef int32_t nranges
+
+    cdef int _compile(self) except -1
+    cdef int32_t lookup(self, const flow_key_t *k) noexcept nogil
 
     # out[idx[i]] (out[i] without idx) = the rule of packet idx[i], for n packets, using
     # the calling thread's flow cache

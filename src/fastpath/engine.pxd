@@ -76,6 +76,7 @@ cdef class EngineTables:
     cdef int32_t nsel
     cdef spi_entry_t *spi_tab
     cdef uint32_t spi_mask
+    cdef bint src_keys          # some key names a source (multicast group SAs)
     cdef uint16_t udp_ports[MAX_UDP_PORTS]
     cdef int nudp
     cdef readonly object context  # the builder's own data, handed back with each event

@@ -115,6 +115,7 @@ cdef class EngineTables:
                 addr16(dst, e.dst)
             if src is not None:
                 addr16(src, e.src)
+                self.src_keys = True
             h = spi_hash(e.spi, self.spi_mask)
             while self.spi_tab[h].kind:
                 t = &self.spi_tab[h]
@@ -323,6 +324,18 @@ cdef inline event_t *add_event(event_t *ev, uint32_t *nev, uint8_t kind, int32_t
     return &ev[nev[0] - 1]
 
 
+cdef inline bint selectors_allow(const rule_t *rules, int32_t n, const uint8_t *p, uint32_t len) noexcept nogil:
+    # RFC 4301 5.2 step 4: the decapsulated packet must fall under one of the SA's selectors
+    cdef flow_key_t key
+    cdef int32_t j
+    if not parse_key(p, len, &key):
+        return False
+    for j in range(n):
+        if rule_matches(&rules[j], &key):
+            return True
+    return False
+
+
 cdef class EngineCore:
     """Runs batches against the current EngineTables; any number of threads may call it at
     once (each SA's kernel state has its own lock; the tables are immutable)."""
@@ -492,9 +505,12 @@ cdef class EngineCore:
                             uint32_t *lens, uint8_t *status, uint32_t n, int32_t *slot_out,
                             scratch_t *s, event_t *ev, uint32_t *nev) noexcept nogil:
         cdef uint32_t i, j, k, m = 0, nclear = 0, g, ngroups, allowed, cnt, ok = 0, mismatched
-        cdef uint32_t spi
-        cdef int32_t slot, r
-        cdef uint8_t version, st
+        cdef uint32_t spi, last_spi = 0       # SPI 0 is reserved (RFC 4303 2.1): never a match
+        cdef int32_t slot, r, last_slot = -1, first = -1
+        cdef uint8_t version, st, last_version = 0
+        cdef uint64_t last_dst[2]
+        cdef uint64_t last_src[2]
+        cdef bint one_sa = True
         cdef uint16_t sport
         cdef uint64_t dst[2]
         cdef uint64_t src[2]
@@ -505,8 +521,6 @@ cdef class EngineCore:
         cdef event_t *e
         cdef sa_t *c
         cdef PyThread_type_lock lock
-        cdef flow_key_t key
-        cdef bint fits
         memset(counts, 0, sizeof(counts))
         # 1. what arrived: ESP for an SA, or something the SPD or the IP layer deals with.
         # Packets in clear are collected at the end of order[] (it has room for n).
@@ -514,12 +528,22 @@ cdef class EngineCore:
             slot = -1
             k = arrived(t, buf + off[i], lens[i], &spi, &version, dst, src, &sport)
             if k == ARRIVED_ESP:
-                slot = t.lookup_spi(spi, version, dst, src)
+                # packets of one SA come in runs: the previous answer, if the key is the same
+                if (spi == last_spi and version == last_version and memcmp16(dst, last_dst)
+                        and (not t.src_keys or memcmp16(src, last_src))):
+                    slot = last_slot
+                else:
+                    slot = t.lookup_spi(spi, version, dst, src)
+                    last_spi, last_version, last_slot = spi, version, slot
+                    last_dst[0], last_dst[1], last_src[0], last_src[1] = dst[0], dst[1], src[0], src[1]
                 if slot < 0:
                     st = Status.UNKNOWN_SPI
                 else:
                     s.order[m] = i
                     m += 1
+                    if first < 0:
+                        first = slot
+                    one_sa = one_sa and slot == first
                     sl = &t.slots[slot]
                     if sl.udp and (sport != sl.peer_port or not memcmp16(src, sl.peer)):
                         # noted now (the outer header goes with decapsulation), reported only
@@ -559,7 +583,13 @@ cdef class EngineCore:
                 counts[st] += 1
         # 3. ESP, grouped by SA; then each decapsulated packet against its SA's selectors
         if m:
-            ngroups = group_by_slot(s, m)
+            if one_sa:
+                # one SA for everything: no grouping, and the arrival order is the order
+                ngroups = 1
+                s.gslot[0], s.gstart[0], s.gcount[0] = first, 0, m
+                s.grouped, s.order = s.order, s.grouped
+            else:
+                ngroups = group_by_slot(s, m)
             for g in range(ngroups):
                 sl = &t.slots[s.gslot[g]]
                 c = &(<SAState>sl.sa).c
@@ -567,7 +597,10 @@ cdef class EngineCore:
                 cnt = s.gcount[g]
                 allowed = past_hard_limit(sl, cnt, idx, status, False)
                 counts[<int>Status.SA_DEAD] += cnt - allowed
-                ok += (<SAState>sl.sa).decap_burst_c(buf, buflen, off, lens, status, allowed, True, idx)
+                if allowed == n:      # every packet of the call, in order: the kernel's own loop
+                    ok += (<SAState>sl.sa).decap_burst_c(buf, buflen, off, lens, status, n, True)
+                else:
+                    ok += (<SAState>sl.sa).decap_burst_c(buf, buflen, off, lens, status, allowed, True, idx)
                 if sl.sel_count == 0:
                     continue
                 mismatched = 0
@@ -576,13 +609,7 @@ cdef class EngineCore:
                     i = idx[k]
                     if status[i] != Status.OK:
                         continue
-                    fits = False
-                    if parse_key(buf + off[i], lens[i], &key):
-                        for j in range(<uint32_t>sl.sel_count):
-                            if rule_matches(&t.sel_rules[sl.sel_start + j], &key):
-                                fits = True
-                                break
-                    if not fits:
+                    if not selectors_allow(t.sel_rules + sl.sel_start, sl.sel_count, buf + off[i], lens[i]):
                         status[i] = Status.POLICY_MISMATCH
                         mismatched += 1
                         mismatched_bytes += lens[i]

@@ -1,6 +1,7 @@
 """The policy database and its compiled classifier: the C lookup (with its flow cache) must
 give exactly the reference first-match answer of PolicyDatabase.lookup."""
 
+import functools
 import ipaddress
 
 import pytest
@@ -94,3 +95,47 @@ def test_database_order_priority_and_errors():
         PolicySelector(any4, ipaddress.ip_network("::/0"))
     with pytest.raises(ConfigError):
         PolicySelector(any4, any4, dport=(10, 5))
+
+
+v4_prefix = st.builds(lambda a, n: ipaddress.ip_network(f"10.{a}.0.0/{n}", strict=False), octet,
+                      st.sampled_from([0, 8, 16, 32]))
+v6_prefix = st.builds(lambda a, n: ipaddress.ip_network(f"2001:db8:{a}::/{n}", strict=False), octet,
+                      st.sampled_from([0, 32, 48, 128]))
+ports = st.sampled_from([(0, 65535), (53, 53), (8, 8), (0, 0), (1000, 2000)])
+mixed_selector = st.one_of(
+    st.builds(PolicySelector, v4_prefix, v4_prefix, st.sampled_from([-1, 1, 6, 17]), ports, ports),
+    st.builds(PolicySelector, v6_prefix, v6_prefix, st.sampled_from([-1, 58, 6, 17]), ports, ports))
+mixed_packet = st.tuples(st.sampled_from([4, 6]), octet, octet, st.sampled_from(["tcp", "udp", "icmp"]),
+                         st.sampled_from([0, 8, 53, 1500]), st.sampled_from([0, 8, 53, 1500]))
+
+
+@functools.lru_cache(maxsize=None)
+def _scapy_packet(version, a, b, kind, p1, p2):
+    from scapy.layers.inet import ICMP, IP, TCP, UDP
+    from scapy.layers.inet6 import ICMPv6Unknown, IPv6
+    src, dst = (f"10.{a}.0.1", f"10.{b}.0.2") if version == 4 else (f"2001:db8:{a}::1", f"2001:db8:{b}::2")
+    ip = IP(src=src, dst=dst) if version == 4 else IPv6(src=src, dst=dst)
+    if kind == "icmp":
+        p1, p2 = p1 % 256, p2 % 256
+        l4 = ICMP(type=p1, code=p2) if version == 4 else ICMPv6Unknown(type=p1, code=p2)
+        fields = (1 if version == 4 else 58, p1, p2)
+    else:
+        l4 = (TCP if kind == "tcp" else UDP)(sport=p1, dport=p2)
+        fields = (6 if kind == "tcp" else 17, p1, p2)
+    return bytes(ip / l4 / b"payload"), ipaddress.ip_address(src), ipaddress.ip_address(dst), fields
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(mixed_selector, min_size=5, max_size=60), st.lists(mixed_packet, min_size=1, max_size=30))
+def test_compiled_lookup_matches_reference_for_both_families_ports_and_icmp(selectors, packets):
+    """More rules than the classifier scans directly: every answer comes from the flow cache
+    or the tuple-space lookup behind it, and must be the reference first match."""
+    policies = [Policy(s, Action.PROTECT) for s in selectors]
+    db = PolicyDatabase(policies)
+    ordered = db.policies(Direction.OUT)
+    c = Classifier(_rules(ordered))
+    for _ in range(2):
+        for spec in packets:
+            pkt, src, dst, (proto, sport, dport) = _scapy_packet(*spec)
+            ref = db.lookup(Direction.OUT, src, dst, proto, sport, dport)
+            assert c.classify(pkt) == (ordered.index(ref) if ref else CLASS_NONE)

@@ -19,12 +19,8 @@
 /* counters shared by threads that run batches side by side; relaxed: totals, not ordering */
 static inline void fp_atomic_add(uint64_t *p, uint64_t v) { __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
 
-/* the lines of a small object about to be read and written (a hash bucket) */
-static inline void fp_prefetch_object(const void *p, uint32_t len)
-{
-    __builtin_prefetch(p, 1, 3);
-    __builtin_prefetch((const uint8_t *)p + len - 1, 1, 3);
-}
+/* one cache line about to be read and written (a hash bucket) */
+static inline void fp_prefetch_line(const void *p) { __builtin_prefetch(p, 1, 3); }
 
 static inline void fp_prefetch_packet(const uint8_t *p, uint32_t len)
 {

@@ -16,7 +16,7 @@ cdef extern from "compat.h" nogil:
     void fp_copy_small(uint8_t *d, const uint8_t *s, size_t n)
     void fp_zero_small(uint8_t *d, size_t n)
     void fp_prefetch_packet(const uint8_t *p, uint32_t len)
-    void fp_prefetch_object(const void *p, uint32_t len)
+    void fp_prefetch_line(const void *p)
     void fp_atomic_add(uint64_t *p, uint64_t v)
     void fp_nonce16(uint8_t *out, const uint8_t *salt, const uint8_t *iv, uint64_t seq)
     void fp_esn_aad16(uint8_t *out, const uint8_t *esp, uint64_t seq)
