@@ -45,8 +45,11 @@ cdef inline uint64_t key_hash(const flow_key_t *k, const uint64_t *seed) noexcep
 
 
 cdef inline bint key_eq(const flow_key_t *a, const flow_key_t *b) noexcept nogil:
-    return ((a.w[0] ^ b.w[0]) | (a.w[1] ^ b.w[1]) | (a.w[2] ^ b.w[2]) | (a.w[3] ^ b.w[3])
-            | (a.w[4] ^ b.w[4])) == 0
+    # equal first words mean equal versions, and an IPv4 key's words 2 and 4 are zero
+    cdef uint64_t d = (a.w[0] ^ b.w[0]) | (a.w[1] ^ b.w[1]) | (a.w[3] ^ b.w[3])
+    if (<uint8_t>a.w[0]) == 6:
+        d |= (a.w[2] ^ b.w[2]) | (a.w[4] ^ b.w[4])
+    return d == 0
 
 
 cdef rule_t *compile_rules(object rules, int32_t *count) except NULL:

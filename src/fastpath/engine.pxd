@@ -23,6 +23,7 @@ ctypedef struct slot_t:
     PyObject *sa                # the SAState, borrowed from EngineTables.sas
     int32_t sel_start           # inbound: its selectors, sel_rules[sel_start : + sel_count];
     int32_t sel_count           #   none means it may carry any inner packet
+    uint8_t sel_addr_only       # its selectors name addresses only: no need to parse further
     uint64_t hard_packets       # hard lifetime: 0 for none; past it the engine stops using the
     uint64_t hard_bytes         #   SA at once, before the key manager's next tick deletes it
     uint8_t inbound

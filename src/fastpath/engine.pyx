@@ -104,6 +104,11 @@ cdef class EngineTables:
                 self.slots[i].peer_port = port
         self.nslots = <int32_t>len(sas)
         self.sel_rules = compile_rules(selectors, &self.nsel)
+        for i in range(self.nslots):
+            self.slots[i].sel_addr_only = all(
+                self.sel_rules[k].proto < 0 and self.sel_rules[k].sport_lo == 0 and self.sel_rules[k].sport_hi == 0xffff
+                and self.sel_rules[k].dport_lo == 0 and self.sel_rules[k].dport_hi == 0xffff
+                for k in range(self.slots[i].sel_start, self.slots[i].sel_start + self.slots[i].sel_count))
         for spi, dst, src, slot in spis:
             if not 0 <= slot < len(sas) or not self.slots[slot].inbound:
                 raise ValueError(f"SPI {spi:#x}: slot {slot} is not an inbound SA")
@@ -324,10 +329,30 @@ cdef inline event_t *add_event(event_t *ev, uint32_t *nev, uint8_t kind, int32_t
     return &ev[nev[0] - 1]
 
 
-cdef inline bint selectors_allow(const rule_t *rules, int32_t n, const uint8_t *p, uint32_t len) noexcept nogil:
-    # RFC 4301 5.2 step 4: the decapsulated packet must fall under one of the SA's selectors
+cdef inline bint selectors_allow(const rule_t *rules, int32_t n, bint addr_only, const uint8_t *p,
+                                 uint32_t len) noexcept nogil:
+    # RFC 4301 5.2 step 4: the decapsulated packet must fall under one of the SA's selectors.
+    # Selectors of addresses alone (a subnet-to-subnet tunnel) need no look past the IP header.
     cdef flow_key_t key
+    cdef uint32_t a32, b32
     cdef int32_t j
+    if addr_only:
+        if len >= IPV4_HDR_MIN and p[0] >> 4 == 4:
+            memcpy(&a32, p + 12, 4)
+            memcpy(&b32, p + 16, 4)
+            key.w[0], key.w[1], key.w[2], key.w[3], key.w[4] = 4, a32, 0, b32, 0
+        elif len >= IPV6_HDR_LEN and p[0] >> 4 == 6:
+            key.w[0] = 6
+            memcpy(&key.w[1], p + 8, 32)
+        else:
+            return False
+        for j in range(n):
+            if (<uint8_t>key.w[0] == rules[j].version
+                    and (((key.w[1] & rules[j].mask[0]) ^ rules[j].net[0]) | ((key.w[2] & rules[j].mask[1]) ^ rules[j].net[1])
+                         | ((key.w[3] & rules[j].mask[2]) ^ rules[j].net[2])
+                         | ((key.w[4] & rules[j].mask[3]) ^ rules[j].net[3])) == 0):
+                return True
+        return False
     if not parse_key(p, len, &key):
         return False
     for j in range(n):
@@ -609,7 +634,7 @@ cdef class EngineCore:
                     i = idx[k]
                     if status[i] != Status.OK:
                         continue
-                    if not selectors_allow(t.sel_rules + sl.sel_start, sl.sel_count, buf + off[i], lens[i]):
+                    if not selectors_allow(t.sel_rules + sl.sel_start, sl.sel_count, sl.sel_addr_only, buf + off[i], lens[i]):
                         status[i] = Status.POLICY_MISMATCH
                         mismatched += 1
                         mismatched_bytes += lens[i]

@@ -434,3 +434,30 @@ def test_apply_config_is_atomic_and_keeps_unchanged_sas():
     assert len(gw1.km.spd) == 2
     gw1.apply_config(config_from_document({"policy": [pol]}))   # the manual SA leaves, the API's stays
     assert sorted(s.spi for s in gw1.km.sad) == [0x3003] and kernel.closed
+
+
+def test_inbound_selectors_with_protocol_and_ports_are_checked_past_the_ip_header():
+    gw1, gw2 = pair(in_sel=PolicySelector(N("10.1.0.0/16"), N("10.2.0.0/16"), proto=17, dport=(53, 53)))
+    b = Batch([udp("10.1.0.1", "10.2.0.1", 0, dport=53), udp("10.1.0.1", "10.2.0.1", 1, dport=54)])
+    gw1.outbound(b.buf, b.off, b.lens, b.status, STRIDE)
+    gw2.inbound(b.buf, b.off, b.lens, b.status)
+    assert b.statuses() == ["OK", "POLICY_MISMATCH"]
+
+
+def test_drops_are_logged_by_tick_at_most_once_per_interval_per_reason(caplog):
+    clock = Clock()
+    gw1, gw2 = pair(clock)
+    gw2.log_interval = 10.0
+    b = Batch([udp("10.1.0.1", "10.2.0.1", i) for i in range(4)])
+    gw1.outbound(b.buf, b.off, b.lens, b.status, STRIDE)
+    replay = Batch([b.packet(i) for i in range(4)])
+    gw2.inbound(b.buf, b.off, b.lens, b.status)
+    with caplog.at_level("WARNING", logger="ipsp.engine"):
+        for _ in range(3):
+            gw2.inbound(replay.buf, replay.off, replay.lens, replay.status)   # 4 replays each time
+            replay = Batch([bytes(replay.packet(i)) for i in range(4)])
+            clock.t += 4.0
+            gw2.tick()
+    lines = [r.getMessage() for r in caplog.records]
+    # ticks at t+4 and t+8 are inside the interval; t+12 logs everything since the start
+    assert lines == ["SA 0x00001001 inbound: 12 packets dropped as REPLAY"]
