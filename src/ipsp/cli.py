@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -88,6 +89,413 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- the engine and its control socket ---------------------------------------------------------
+
+def _grid(header: list[str], rows: list[list]) -> str:
+    """A plain fixed-width table with a header row; None shows as '-'."""
+    def cell(v) -> str:
+        if v is None or v == []:
+            return "-"
+        return ",".join(map(str, v)) if isinstance(v, list) else str(v)
+    text = [header] + [[cell(v) for v in r] for r in rows]
+    widths = [max(len(r[i]) for r in text) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in text)
+
+
+def _json(value) -> None:
+    print(json.dumps(value, indent=2))
+
+
+_PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "ipv6-icmp", 132: "sctp"}
+
+
+def _port_range(r: list[int]) -> str:
+    return "any" if r == [0, 65535] else str(r[0]) if r[0] == r[1] else f"{r[0]}-{r[1]}"
+
+
+def _policy_table(rows: list[dict]) -> str:
+    return _grid(["ID", "DIR", "ACTION", "PRIO", "SRC", "DST", "PROTO", "SPORT", "DPORT", "REQID", "LABEL"],
+                 [[p["id"], p["direction"].lower(), p["action"].lower(), p["priority"], p["src"], p["dst"],
+                   _PROTO_NAMES.get(p["proto"], p["proto"]), _port_range(p["sport"]), _port_range(p["dport"]),
+                   p["reqid"] or None, p["label"]] for p in rows])
+
+
+def _sa_table(rows: list[dict], live: bool) -> str:
+    header = ["SPI", "DIR", "SRC", "DST", "SENDER", "PROPOSAL", "MODE", "ENCAP", "REQID", "LABEL"]
+    out = []
+    for r in rows:
+        row = [f"{r['spi']:#010x}", r["direction"], r.get("src"), r["dst"], r.get("group_source"),
+               r["proposal"], r.get("mode"), r.get("encap"), r["reqid"] or None, r["label"]]
+        if live:
+            row += [r["state"], r["packets"], r["bytes"]]
+        out.append(row)
+    return _grid(header + (["STATE", "PACKETS", "BYTES"] if live else []), out)
+
+
+def _peer_table(rows: list[dict]) -> str:
+    return _grid(["NAME", "AUTH", "ID", "ADDRESSES", "ALLOWED"],
+                 [[p["name"], p["auth"], p["id"], p["addresses"], p["allowed"]] for p in rows])
+
+
+def _client(args: argparse.Namespace):
+    from ipsp.control import ControlClient
+    return ControlClient(args.socket)
+
+
+def _cmd_engine(args: argparse.Namespace) -> int:
+    import logging
+
+    from ipsp.control import run_engine
+
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="%(asctime)s ipsp[%(process)d] %(levelname)s %(message)s")
+    return run_engine(args.config, args.socket)
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    from ipsp.config import load_config
+    from ipsp.control import config_summary
+
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)           # FILE:KEY: message
+        return 1
+    summary = config_summary(cfg)
+    if args.json:
+        _json(summary)
+        return 0
+    e = cfg.engine
+    print(f"{args.file}: OK: {len(cfg.peers)} peers, {len(cfg.policies)} policies, {len(cfg.sas)} SAs")
+    print(f"engine: control_socket {e.control_socket or '-'}, rekey_grace {e.rekey_grace:g} s, "
+          f"log_interval {e.log_interval:g} s")
+    for title, rows, table in (("peers", summary["peers"], _peer_table),
+                               ("policies", summary["policies"], _policy_table),
+                               ("SAs", summary["sas"], lambda rows: _sa_table(rows, live=False))):
+        if rows:
+            print(f"\n{title}:\n{table(rows)}")
+    return 0
+
+
+def _listing(args: argparse.Namespace, op: str):
+    """What the running engine has (--socket), or what a configuration file defines (--config)."""
+    if args.socket:
+        return _client(args).call(op)
+    from ipsp.config import load_config
+    from ipsp.control import config_summary
+
+    return config_summary(load_config(args.config))["sas" if op == "sa_list" else "policies"]
+
+
+def _cmd_sa_list(args: argparse.Namespace) -> int:
+    rows = _listing(args, "sa_list")
+    if args.json:
+        _json(rows)
+    else:
+        print(_sa_table(rows, live=bool(args.socket)))
+    return 0
+
+
+def _cmd_policy_list(args: argparse.Namespace) -> int:
+    rows = _listing(args, "policy_list")
+    print(json.dumps(rows, indent=2) if args.json else _policy_table(rows))
+    return 0
+
+
+def _key_ref(env: str | None, path: str | None) -> dict | None:
+    # a reference the engine resolves: the key itself never passes through this process
+    if env:
+        return {"env": env}
+    if path:
+        return {"file": os.path.abspath(path)}     # the engine's working directory is not ours
+    return None
+
+
+def _sa_tables_from_file(path: str) -> list[dict]:
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", path=path) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"not valid TOML: {exc}", path=path) from None
+    unknown = sorted(set(doc) - {"sa", "allow_insecure"})
+    if unknown:
+        raise ConfigError(f"unknown top-level key(s) {', '.join(unknown)} (an SA file holds [[sa]] tables "
+                          "and allow_insecure)", path=path)
+    tables = doc.get("sa")
+    if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError("no SAs: expected one or more [[sa]] tables", path=path, key="sa")
+    for t in tables:
+        if doc.get("allow_insecure") is True:
+            t.setdefault("allow_insecure", True)
+        for name in ("enc_key", "auth_key"):
+            ref = t.get(name)
+            if isinstance(ref, dict) and isinstance(ref.get("file"), str):
+                # relative to where the command runs, as in a configuration file; the engine
+                # runs elsewhere
+                ref["file"] = os.path.abspath(ref["file"])
+    return tables
+
+
+def _cmd_sa_add(args: argparse.Namespace) -> int:
+    from ipsp.control import ControlError
+
+    client = _client(args)
+    if args.file:
+        tables = _sa_tables_from_file(args.file)
+        where = [f"{args.file}: sa[{i}]" for i in range(len(tables))]
+    else:
+        t = {"direction": args.direction, "spi": args.spi, "src": args.src, "dst": args.dst,
+             "proposal": args.proposal, "enc_key": _key_ref(args.enc_key_env, args.enc_key_file),
+             "auth_key": _key_ref(args.auth_key_env, args.auth_key_file), "reqid": args.reqid,
+             "mode": args.mode, "encap": args.encap, "sport": args.sport, "dport": args.dport,
+             "label": args.label, "replay_window": args.replay_window, "source": args.source,
+             "esn": args.esn or None, "lifetime": dict(args.lifetime) or None}
+        tables, where = [{k: v for k, v in t.items() if v is not None}], ["sa add"]
+    added = []
+    for table, name in zip(tables, where):
+        try:
+            added += client.call("sa_add", **table)
+        except ControlError as exc:
+            # all or nothing: take back what this command installed before the failure
+            for sa in reversed(added):
+                try:
+                    client.call("sa_del", **sa)
+                except ControlError:
+                    pass
+            note = f" ({len(added)} SA(s) added before it were deleted again)" if added else ""
+            raise ControlError(f"{name}: {exc}{note}") from None
+    if args.json:
+        _json(added)
+        return 0
+    for sa in added:
+        sender = f" from {sa['group_source']}" if sa["group_source"] else ""
+        print(f"added {sa['direction']}bound SA {sa['spi']:#010x} to {sa['dst']}{sender}")
+    return 0
+
+
+def _cmd_sa_del(args: argparse.Namespace) -> int:
+    params = {"spi": args.spi, "dst": args.dst, "direction": args.direction}
+    if args.group_source:
+        params["group_source"] = args.group_source
+    sa = _client(args).call("sa_del", **params)
+    print(f"deleted {sa['direction']}bound SA {sa['spi']:#010x} to {sa['dst']}")
+    return 0
+
+
+def _cmd_policy_add(args: argparse.Namespace) -> int:
+    table = {"direction": args.direction, "action": args.action, "src": args.src, "dst": args.dst,
+             "proto": int(args.proto) if args.proto and args.proto.isdigit() else args.proto,
+             "sport": args.sport, "dport": args.dport, "reqid": args.reqid, "priority": args.priority,
+             "label": args.label}
+    row = _client(args).call("policy_add", **{k: v for k, v in table.items() if v is not None})
+    print(json.dumps(row, indent=2) if args.json else f"added policy {row['id']}")
+    return 0
+
+
+def _cmd_policy_del(args: argparse.Namespace) -> int:
+    _client(args).call("policy_del", id=args.id)
+    print(f"deleted policy {args.id}")
+    return 0
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if args.prometheus:
+        print(client.call("prometheus"), end="")
+        return 0
+    stats = client.call("stats")
+    if args.json:
+        _json(stats)
+        return 0
+    totals = stats["totals"]
+    names = ["packets", "bytes"] + sorted((set(totals.get("in", {})) | set(totals.get("out", {})))
+                                          - {"packets", "bytes"})
+    print(_grid(["OUTCOME", "IN", "OUT"],
+                [["OK" if n == "packets" else n, totals.get("in", {}).get(n, 0), totals.get("out", {}).get(n, 0)]
+                 for n in names]))
+    if stats["sas"]:
+        rows = []
+        for sa in stats["sas"]:
+            c = sa["counters"]
+            drops = " ".join(f"{k}={v}" for k, v in sorted(c.items()) if k not in ("packets", "bytes"))
+            rows.append([f"{sa['spi']:#010x}", sa["direction"], sa["dst"], sa["state"], sa["reqid"] or None,
+                         c.get("packets", 0), c.get("bytes", 0), sa["late_packets"], drops or None])
+        print()
+        print(_grid(["SPI", "DIR", "DST", "STATE", "REQID", "PACKETS", "BYTES", "LATE", "OTHER"], rows))
+    return 0
+
+
+def _cmd_events(args: argparse.Namespace) -> int:
+    client = _client(args)
+    since = args.since
+    events = client.call("events", since=since)
+    if args.json and not args.follow:
+        _json(events)
+        return 0
+    if not args.json:
+        print(f"{'ID':>6}  {'TIME':<19}  {'KIND':<7}  TEXT")
+    try:
+        while True:
+            for e in events:
+                since = e["id"]
+                if args.json:            # --follow --json: one object per line
+                    print(json.dumps(e))
+                else:
+                    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["time"]))
+                    print(f"{e['id']:>6}  {stamp:<19}  {e['kind']:<7}  {e['text']}")
+            if not args.follow:
+                return 0
+            sys.stdout.flush()
+            time.sleep(1.0)
+            events = client.call("events", since=since)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _cmd_reload(args: argparse.Namespace) -> int:
+    params = {"path": os.path.abspath(args.file)} if args.file else {}
+    r = _client(args).call("reload", **params)
+    print(f"reloaded {r['path']}: {r['peers']} peers, {r['policies']} policies, {r['sas']} SAs")
+    return 0
+
+
+def _spi(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an SPI such as 0x1001 or 4097, got {text!r}") from None
+
+
+def _lifetime(text: str) -> tuple[str, int | float]:
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE such as hard_seconds=3600, got {text!r}")
+    try:
+        return name, int(value)
+    except ValueError:
+        try:
+            return name, float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name}: expected a number, got {value!r}") from None
+
+
+_SA_OPTIONS = ("direction", "spi", "src", "dst", "proposal", "enc_key_env", "enc_key_file", "auth_key_env",
+               "auth_key_file", "reqid", "mode", "encap", "sport", "dport", "label", "esn", "replay_window",
+               "source", "lifetime")
+
+
+def _add_control_parsers(sub) -> argparse.ArgumentParser:
+    """The engine and control subcommands; returns `sa add`'s parser, which main checks."""
+    def socket_opt(parser, required: bool = True) -> None:
+        parser.add_argument("--socket", required=required, metavar="PATH", help="the engine's control socket")
+
+    def json_opt(parser) -> None:
+        parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+    e = sub.add_parser("engine", help="run an engine with its control socket (no packet I/O yet)")
+    e.add_argument("--config", required=True, metavar="FILE", help="the configuration file")
+    e.add_argument("--socket", metavar="PATH", help="control socket (default: [engine] control_socket)")
+    e.set_defaults(func=_cmd_engine)
+
+    c = sub.add_parser("config", help="configuration files").add_subparsers(dest="config_command", required=True)
+    cc = c.add_parser("check", help="load and validate a configuration file, print what it defines")
+    cc.add_argument("file", metavar="FILE")
+    json_opt(cc)
+    cc.set_defaults(func=_cmd_config_check)
+
+    sa = sub.add_parser("sa", help="security associations").add_subparsers(dest="sa_command", required=True)
+    pol = sub.add_parser("policy", help="security policies").add_subparsers(dest="policy_command", required=True)
+    for group, func in ((sa, _cmd_sa_list), (pol, _cmd_policy_list)):
+        ls = group.add_parser("list", help="from the running engine (--socket) or a configuration file (--config)")
+        src = ls.add_mutually_exclusive_group(required=True)
+        src.add_argument("--socket", metavar="PATH", help="the engine's control socket")
+        src.add_argument("--config", metavar="FILE", help="a configuration file")
+        json_opt(ls)
+        ls.set_defaults(func=func)
+
+    add = sa.add_parser("add", help="install SAs: every [[sa]] of --file, or one from the options")
+    socket_opt(add)
+    add.add_argument("--file", metavar="SA.toml", help="[[sa]] tables in the configuration file's schema")
+    add.add_argument("--direction", choices=["in", "out"])
+    add.add_argument("--spi", type=_spi, help="0x100..0xffffffff (hex with 0x)")
+    add.add_argument("--src")
+    add.add_argument("--dst")
+    add.add_argument("--proposal", help="e.g. aes128gcm16, aes256-sha256")
+    # keys by reference only, resolved by the engine: a key on a command line leaks through ps
+    for name in ("enc", "auth"):
+        k = add.add_mutually_exclusive_group()
+        k.add_argument(f"--{name}-key-env", metavar="NAME", help=f"{name}_key from the engine's environment")
+        k.add_argument(f"--{name}-key-file", metavar="PATH", help=f"{name}_key from a hex file the engine reads")
+    add.add_argument("--reqid", type=int)
+    add.add_argument("--mode", choices=["tunnel", "transport"])
+    add.add_argument("--encap", choices=["udp"], help="ESP in UDP (RFC 3948)")
+    add.add_argument("--sport", type=int)
+    add.add_argument("--dport", type=int)
+    add.add_argument("--label")
+    add.add_argument("--esn", action="store_true", help="extended sequence numbers")
+    add.add_argument("--replay-window", type=int)
+    add.add_argument("--source", help="a shared multicast group SA's sender (RFC 5374)")
+    add.add_argument("--lifetime", type=_lifetime, action="append", default=[], metavar="NAME=VALUE",
+                     help="a lifetime limit such as hard_seconds=3600 (repeatable)")
+    json_opt(add)
+    add.set_defaults(func=_cmd_sa_add)
+
+    d = sa.add_parser("del", help="delete an SA")
+    socket_opt(d)
+    d.add_argument("--spi", type=_spi, required=True)
+    d.add_argument("--dst", required=True)
+    d.add_argument("--direction", choices=["in", "out"], required=True)
+    d.add_argument("--group-source", metavar="ADDR", help="the sender of a per-sender group SA")
+    d.set_defaults(func=_cmd_sa_del)
+
+    pa = pol.add_parser("add", help="add a policy")
+    socket_opt(pa)
+    pa.add_argument("--direction", choices=["out", "in"], default="out")
+    pa.add_argument("--action", choices=["protect", "bypass", "discard"], required=True)
+    pa.add_argument("--src", metavar="PREFIX")
+    pa.add_argument("--dst", metavar="PREFIX")
+    pa.add_argument("--proto", help="any, tcp, udp, sctp, icmp, ipv6-icmp or 0..255")
+    pa.add_argument("--sport", help="a port or a range such as 1024-65535")
+    pa.add_argument("--dport", help="a port or a range such as 1024-65535")
+    pa.add_argument("--reqid", type=int, help="protect: the SAs that carry it")
+    pa.add_argument("--priority", type=int, help="lower first (default 1000)")
+    pa.add_argument("--label")
+    json_opt(pa)
+    pa.set_defaults(func=_cmd_policy_add)
+
+    pd = pol.add_parser("del", help="delete a policy by id")
+    socket_opt(pd)
+    pd.add_argument("id", type=int, metavar="ID")
+    pd.set_defaults(func=_cmd_policy_del)
+
+    st = sub.add_parser("stats", help="packet counters of the running engine")
+    socket_opt(st)
+    fmt = st.add_mutually_exclusive_group()
+    fmt.add_argument("--prometheus", action="store_true", help="Prometheus text exposition format")
+    fmt.add_argument("--json", action="store_true", help="machine-readable output")
+    st.set_defaults(func=_cmd_stats)
+
+    ev = sub.add_parser("events", help="acquire, expire and mapping events of the running engine")
+    socket_opt(ev)
+    ev.add_argument("--since", type=int, default=0, metavar="N", help="only events with ids above N")
+    ev.add_argument("--follow", action="store_true", help="keep printing new events (Ctrl-C stops)")
+    json_opt(ev)
+    ev.set_defaults(func=_cmd_events)
+
+    rl = sub.add_parser("reload", help="make the running engine re-read its configuration file (or FILE)")
+    socket_opt(rl)
+    rl.add_argument("file", nargs="?", metavar="FILE")
+    rl.set_defaults(func=_cmd_reload)
+
+    for parser in (e, cc, *sa.choices.values(), *pol.choices.values(), st, ev, rl):
+        parser.set_defaults(error_status=1)
+    return add
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ipsp", description="An embeddable IPsec ESP engine.")
     p.add_argument("--version", action="version", version=f"ipsp {__version__}")
@@ -115,14 +523,30 @@ def main(argv: list[str] | None = None) -> int:
     i = sub.add_parser("info", help="versions and crypto backends")
     i.set_defaults(func=_cmd_info)
 
+    sa_add = _add_control_parsers(sub)
+
     args = p.parse_args(argv)
+    if args.func is _cmd_sa_add:
+        given = [o for o in _SA_OPTIONS if getattr(args, o) not in (None, False, [])]
+        if args.file and given:
+            sa_add.error(f"give --file or the SA's options (--{given[0].replace('_', '-')}), not both")
+        if not args.file and not {"direction", "spi", "src", "dst", "proposal"} <= set(given):
+            sa_add.error("give --file, or --direction, --spi, --src, --dst and --proposal")
     if getattr(args, "no_verify", False) and args.action != "decrypt":
         p.error("--no-verify applies to decrypt only")
+    from ipsp.control import ControlError
+
     try:
         return args.func(args)
-    except ConfigError as exc:
+    except (ConfigError, ControlError) as exc:
         print(f"ipsp: {exc}", file=sys.stderr)
-        return 2
+        return getattr(args, "error_status", 2)
+    except BrokenPipeError:
+        if not hasattr(args, "error_status"):     # only the control commands: the others as before
+            raise
+        # `ipsp sa list --json | head`: the reader has gone, so has the point of printing
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

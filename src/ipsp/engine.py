@@ -325,24 +325,8 @@ class Engine:
     # -- management (the CLI and the control socket use these) ---------------------------
 
     def sa_list(self) -> list[dict]:
-        out = []
-        for sa in self.km.sad:
-            q = self.km.query_sa(sa.spi, sa.dst, sa.direction) if sa.direction == "out" else None
-            row = q if q is not None else self._query_inbound(sa)
-            out.append(row)
-        return out
-
-    def _query_inbound(self, sa: SecurityAssociation) -> dict:
-        # query_sa looks inbound SAs up by longest match; a group SA's sender is its own key
-        nbytes, npackets = sa.usage()
-        now = self.clock()
-        return {"spi": sa.spi, "dst": str(sa.dst), "direction": sa.direction, "state": sa.state.value,
-                "proposal": sa.config.transform.name, "reqid": sa.reqid, "label": sa.label,
-                "group_source": None if sa.group_source is None else str(sa.group_source),
-                "bytes": nbytes, "packets": npackets, "age": now - sa.added_at,
-                "late_packets": sa.late_packets,
-                "retire_in": None if sa.retire_at is None else max(0.0, sa.retire_at - now),
-                "replay_top": None if sa.kernel.closed else sa.kernel.replay_top}
+        """Every SA as the key manager's query describes it (no keys)."""
+        return [self.km.describe(sa) for sa in self.km.sad]
 
     def policy_list(self) -> list[Policy]:
         return list(self.km.spd)
@@ -355,7 +339,12 @@ class Engine:
         numbers, replay windows); SAs and policies added through the API stay. All or
         nothing: if anything fails, what is running is unchanged."""
         with self._lock:
-            keep = {m: sa for m, sa in self._config_sas.items() if m in set(config.sas)}
+            wanted = set(config.sas)
+            installed = {id(sa) for sa in self.km.sad}
+            # an SA of the old file stays as it is if the new file has it unchanged and it is
+            # still installed (not deleted, expired or retired by a rekey meanwhile)
+            keep = {m: sa for m, sa in self._config_sas.items()
+                    if m in wanted and id(sa) in installed and sa.state is not SAStateName.DEAD}
             fresh: dict[Any, SecurityAssociation] = {}
             try:
                 for m in config.sas:
@@ -363,7 +352,7 @@ class Engine:
                         fresh[m] = SecurityAssociation(
                             m.config, m.direction, lifetimes=m.lifetimes, clock=self.clock,
                             label=m.label, reqid=m.reqid, group_source=m.group_source)
-                leaving = [sa for m, sa in self._config_sas.items() if m not in keep]
+                leaving = [sa for m, sa in self._config_sas.items() if m not in keep and id(sa) in installed]
                 taken = {self.km.sad.key(x) for x in self.km.sad} - {self.km.sad.key(x) for x in leaving}
                 for m, sa in fresh.items():
                     if self.km.sad.key(sa) in taken:
@@ -396,6 +385,8 @@ class Engine:
                 self._config_sas = {**keep, **fresh}
                 self._config_policies = policies
                 self.config = config
+                self.km.rekey_grace = config.engine.rekey_grace
+                self.log_interval = config.engine.log_interval
                 self._pending = True
 
     def _config_peer_names(self) -> set[str]:

@@ -143,24 +143,34 @@ class KeyManagerAPI:
         self._changed()
         return sa
 
-    def query_sa(self, spi: int, dst, direction: str = "in") -> dict:
-        sa = self.sad.get(spi, dst, direction)
+    def query_sa(self, spi: int, dst, direction: str = "in", *, group_source=None) -> dict:
+        """What PF_KEY's GET returns, without keys: parameters, state, usage, lifetimes,
+        replay state and the kernel's counters."""
+        return self.describe(self.sad.get(spi, dst, direction, group_source))
+
+    def describe(self, sa: SecurityAssociation) -> dict:
         nbytes, npackets = sa.usage()
         now = self.clock()
+        c = sa.config
+        live = not sa.kernel.closed
         return {
-            "spi": sa.spi, "dst": str(sa.dst), "direction": sa.direction, "state": sa.state.value,
-            "proposal": sa.config.transform.name, "reqid": sa.reqid, "label": sa.label,
+            "spi": sa.spi, "src": str(c.src), "dst": str(sa.dst), "direction": sa.direction,
+            "group_source": None if sa.group_source is None else str(sa.group_source),
+            "mode": c.mode, "encap": "udp" if c.udp else None, "proposal": c.transform.name,
+            "state": sa.state.value, "reqid": sa.reqid, "label": sa.label,
             "bytes": nbytes, "packets": npackets, "age": now - sa.added_at,
             "use_age": None if sa.first_used_at is None else now - sa.first_used_at,
-            "lifetimes": sa.lifetimes, "late_packets": sa.late_packets,
+            "lifetimes": {kind: {k: v for k, v in vars(getattr(sa.lifetimes, kind)).items() if v is not None}
+                          for kind in ("soft", "hard")},
+            "late_packets": sa.late_packets,
             "retire_in": None if sa.retire_at is None else max(0.0, sa.retire_at - now),
-            "seq_out": None if sa.kernel.closed else sa.kernel.seq_out,
-            "replay_top": None if sa.kernel.closed else sa.kernel.replay_top,
-            "counters": None if sa.kernel.closed else sa.kernel.counters(),
+            "seq_out": sa.kernel.seq_out if live and sa.direction == "out" else None,
+            "replay_top": sa.kernel.replay_top if live and sa.direction == "in" else None,
+            "counters": {k: v for k, v in sa.counters()[sa.direction].items() if v},
         }
 
-    def del_sa(self, spi: int, dst, direction: str = "in") -> None:
-        self.sad.delete(spi, dst, direction)
+    def del_sa(self, spi: int, dst, direction: str = "in", *, group_source=None) -> None:
+        self.sad.delete(spi, dst, direction, group_source)
         self._changed()
 
     def flush_sas(self) -> None:
@@ -181,11 +191,16 @@ class KeyManagerAPI:
 
     # -- policies -------------------------------------------------------------------------
 
-    def add_policy(self, selector: PolicySelector, action: Action, direction: Direction = Direction.OUT, *,
-                   priority: int = 1000, reqid: int = 0, label: str | None = None) -> Policy:
-        if action is Action.PROTECT and reqid == 0:
+    def add_policy(self, selector: PolicySelector | Policy, action: Action | None = None,
+                   direction: Direction = Direction.OUT, *, priority: int = 1000, reqid: int = 0,
+                   label: str | None = None) -> Policy:
+        """Install a policy: from its parts, or a Policy made elsewhere (a configuration
+        file), which keeps its id."""
+        policy = selector if isinstance(selector, Policy) else Policy(selector, action, direction, priority,
+                                                                     label, reqid)
+        if policy.action is Action.PROTECT and policy.reqid == 0:
             raise ConfigError("a PROTECT policy needs the reqid of the SAs that carry it")
-        policy = self.spd.add(Policy(selector, action, direction, priority, label, reqid))
+        policy = self.spd.add(policy)
         self._changed()
         return policy
 

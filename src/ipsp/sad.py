@@ -207,11 +207,17 @@ class SADatabase:
     def __len__(self) -> int:
         return len(self._by_key)
 
-    def get(self, spi: int, dst, direction: str = "in") -> SecurityAssociation:
-        sa = (self.lookup_inbound(spi, dst) if direction == "in"
-              else self._by_key.get(("out", spi, ipaddress.ip_address(dst).packed, None)))
+    def get(self, spi: int, dst, direction: str = "in", group_source=None) -> SecurityAssociation:
+        """The SA with this key; an inbound SA by longest match unless group_source names
+        one sender's SA of a multicast group SA exactly."""
+        if direction == "in" and group_source is None:
+            sa = self.lookup_inbound(spi, dst)
+        else:
+            src = None if group_source is None else ipaddress.ip_address(group_source).packed
+            sa = self._by_key.get((direction, spi, ipaddress.ip_address(dst).packed, src))
         if sa is None:
-            raise KeyError(f"no {direction}bound SA with SPI {spi:#x} to {dst}")
+            sender = f" from sender {group_source}" if group_source is not None else ""
+            raise KeyError(f"no {direction}bound SA with SPI {spi:#x} to {dst}{sender}")
         return sa
 
     # -- key manager operations -----------------------------------------------------------
@@ -253,8 +259,8 @@ class SADatabase:
             self._by_key = table
         return sa
 
-    def delete(self, spi: int, dst, direction: str = "in") -> SecurityAssociation:
-        sa = self.get(spi, dst, direction)
+    def delete(self, spi: int, dst, direction: str = "in", group_source=None) -> SecurityAssociation:
+        sa = self.get(spi, dst, direction, group_source)
         self._remove(sa)
         sa.kill()
         return sa

@@ -432,6 +432,9 @@ def test_apply_config_is_atomic_and_keeps_unchanged_sas():
     gw1.apply_config(config_from_document({"sa": [sa], "policy": [pol, bypass]}))
     assert gw1.km.sad.get(0x1001, GW2, "out").kernel is kernel and kernel.seq_out == 3
     assert len(gw1.km.spd) == 2
+    gw1.km.del_sa(0x1001, GW2, "out")                          # gone meanwhile: the file brings it back
+    gw1.apply_config(config_from_document({"sa": [sa], "policy": [pol]}))
+    assert gw1.km.sad.get(0x1001, GW2, "out").kernel.seq_out == 0
     gw1.apply_config(config_from_document({"policy": [pol]}))   # the manual SA leaves, the API's stays
     assert sorted(s.spi for s in gw1.km.sad) == [0x3003] and kernel.closed
 
