@@ -19,11 +19,15 @@ import time
 
 import pytest
 
+import fastpath
+import ipsp
 from ipsp.control import MAX_LINE, ControlClient, ControlError, ControlServer, plain
 from ipsp.engine import Engine
 
 HERE = pathlib.Path(__file__).parent
-SRC = str(HERE.parents[1] / "src")
+# the subprocesses import ipsp and fastpath from wherever this process found them: src/ with
+# an in-place build, site-packages when installed (as in .ci/run)
+SRC = os.pathsep.join(dict.fromkeys(str(pathlib.Path(m.__file__).resolve().parents[1]) for m in (ipsp, fastpath)))
 FULL = HERE / "good_configs" / "full.toml"
 BAD = HERE / "bad_configs"
 
