@@ -19,7 +19,7 @@ from libc.string cimport memcpy, memset
 from fastpath._include.compat cimport fp_load_be16, fp_load_be32, fp_atomic_add
 from fastpath.classify cimport (Classifier, flow_key_t, rule_t, parse_key, rule_matches,
                                 compile_rules, CLASS_NONE_C, CLASS_UNPARSEABLE_C)
-from fastpath.sa cimport SAState, acquire_array
+from fastpath.sa cimport SAState, acquire_array, batch_bufs_t, batch_take, batch_release, batch_check_places
 from fastpath.state cimport sa_t
 from fastpath.status cimport Status, N_STATUS
 from fastpath.wire cimport *
@@ -397,69 +397,43 @@ cdef class EngineCore:
     cdef object _run(self, object buf, object offsets, object lengths, object status,
                      Py_ssize_t stride, object slots, bint outbound):
         cdef EngineTables t = self.tables       # this call's snapshot
-        cdef Py_buffer vb, vo, vl, vs, vx
+        cdef batch_bufs_t b
+        cdef Py_buffer vx
         cdef bint have_slots = False
-        cdef uint32_t n, j, ok = 0, nev = 0
-        cdef Py_ssize_t i, lo, hi
-        cdef int64_t *off
-        cdef uint32_t *lens
+        cdef uint32_t j, ok = 0, nev = 0
         cdef int32_t *slot_out = NULL
         cdef event_t ev[MAX_EVENTS]
         cdef scratch_t s
-        acquire_array(buf, &vb, 1, b"Bbc", "buf")
+        batch_take(&b, buf, offsets, lengths, status)
         try:
-            acquire_array(offsets, &vo, 8, b"qln", "offsets")
+            if slots is not None:
+                acquire_array(slots, &vx, 4, b"iil", "slots")
+                have_slots = True
+                if vx.len // 4 < b.n:
+                    raise ValueError(f"slots holds {vx.len // 4} entries for {b.n} packets")
+                slot_out = <int32_t *>vx.buf
+            batch_check_places(&b, stride, NULL, b.n)
+            if b.n == 0:
+                return 0
+            if scratch_alloc(&s, b.n) != 0:
+                raise MemoryError()
             try:
-                acquire_array(lengths, &vl, 4, b"IL", "lengths")
-                try:
-                    acquire_array(status, &vs, 1, b"B", "status")
-                    try:
-                        n = <uint32_t>(vo.len // 8)
-                        if vl.len // 4 != n or vs.len < n:
-                            raise ValueError(f"offsets ({n}), lengths ({vl.len // 4}) and status ({vs.len}) "
-                                             "must describe the same number of packets")
-                        if slots is not None:
-                            acquire_array(slots, &vx, 4, b"iil", "slots")
-                            have_slots = True
-                            if vx.len // 4 < n:
-                                raise ValueError(f"slots holds {vx.len // 4} entries for {n} packets")
-                            slot_out = <int32_t *>vx.buf
-                        off, lens = <int64_t *>vo.buf, <uint32_t *>vl.buf
-                        for i in range(n):
-                            lo, hi = 0, vb.len
-                            if stride:
-                                lo, hi = i * stride, min((i + 1) * stride, vb.len)
-                            if off[i] < lo or off[i] > hi or lens[i] > hi - off[i]:
-                                where = f"its slot [{lo}, {(i + 1) * stride})" if stride else "the buffer"
-                                raise ValueError(f"packet {i} (offset {off[i]}, length {lens[i]}) is not inside "
-                                                 f"{where} of a {vb.len}-byte buffer")
-                        if n == 0:
-                            return 0
-                        if scratch_alloc(&s, n) != 0:
-                            raise MemoryError()
-                        try:
-                            with nogil:
-                                if outbound:
-                                    ok = self.outbound_c(t, <uint8_t *>vb.buf, vb.len, off, lens,
-                                                         <uint8_t *>vs.buf, n, stride, slot_out, &s, ev, &nev)
-                                else:
-                                    ok = self.inbound_c(t, <uint8_t *>vb.buf, vb.len, off, lens,
-                                                        <uint8_t *>vs.buf, n, slot_out, &s, ev, &nev)
-                        finally:
-                            free(s.block)
-                        for j in range(nev):
-                            self._report(t, &ev[j], <const uint8_t *>vb.buf, off, lens)
-                        return ok
-                    finally:
-                        if have_slots:
-                            PyBuffer_Release(&vx)
-                        PyBuffer_Release(&vs)
-                finally:
-                    PyBuffer_Release(&vl)
+                with nogil:
+                    if outbound:
+                        ok = self.outbound_c(t, b.data, b.size, b.off, b.lens, b.status, b.n, stride,
+                                             slot_out, &s, ev, &nev)
+                    else:
+                        ok = self.inbound_c(t, b.data, b.size, b.off, b.lens, b.status, b.n, slot_out,
+                                            &s, ev, &nev)
             finally:
-                PyBuffer_Release(&vo)
+                free(s.block)
+            for j in range(nev):
+                self._report(t, &ev[j], b.data, b.off, b.lens)
+            return ok
         finally:
-            PyBuffer_Release(&vb)
+            if have_slots:
+                PyBuffer_Release(&vx)
+            batch_release(&b)
 
     cdef void _report(self, EngineTables t, const event_t *e, const uint8_t *buf,
                       const int64_t *off, const uint32_t *lens):

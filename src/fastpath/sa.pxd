@@ -32,3 +32,21 @@ cdef class SAState:
 # PyBuffer_Release.
 cdef int acquire_array(object obj, Py_buffer *view, Py_ssize_t itemsize, const char *codes,
                        str what) except -1
+
+# A batch call's buffer, offset (int64), length (uint32) and status (uint8) arrays, taken
+# together and checked to describe n packets; released together.
+ctypedef struct batch_bufs_t:
+    Py_buffer views[4]
+    int held
+    uint32_t n
+    uint8_t *data
+    Py_ssize_t size
+    int64_t *off
+    uint32_t *lens
+    uint8_t *status
+
+cdef int batch_take(batch_bufs_t *b, object buf, object offsets, object lengths,
+                    object status) except -1
+cdef void batch_release(batch_bufs_t *b) noexcept
+cdef int batch_check_places(const batch_bufs_t *b, Py_ssize_t stride, const uint32_t *idx,
+                            uint32_t count) except -1

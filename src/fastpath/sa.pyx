@@ -408,68 +408,38 @@ cdef class SAState:
     cdef uint32_t _batch(self, object buf, object offsets, object lengths, object status,
                          Py_ssize_t stride, bint verify, object indices) except? 0xffffffff:
         # the buffers are taken once per call, checked, held for the whole call and released
-        cdef Py_buffer vb, vo, vl, vs, vi
-        cdef uint32_t ok = 0, n, count, j
-        cdef Py_ssize_t i, lo, hi
-        cdef int64_t *off
-        cdef uint32_t *lens
+        cdef batch_bufs_t b
+        cdef Py_buffer vi
+        cdef uint32_t ok = 0, count, j
         cdef const uint32_t *idx = NULL
         cdef bytearray seen
         cdef bint have_idx = False
-        acquire_array(buf, &vb, 1, b"Bbc", "buf")
+        batch_take(&b, buf, offsets, lengths, status)
         try:
-            acquire_array(offsets, &vo, 8, b"qln", "offsets")
-            try:
-                acquire_array(lengths, &vl, 4, b"IL", "lengths")
-                try:
-                    acquire_array(status, &vs, 1, b"B", "status")
-                    try:
-                        n = <uint32_t>(vo.len // 8)
-                        if vl.len // 4 != n or vs.len < n:
-                            raise ValueError(f"offsets ({n}), lengths ({vl.len // 4}) and status ({vs.len}) "
-                                             "must describe the same number of packets")
-                        off, lens = <int64_t *>vo.buf, <uint32_t *>vl.buf
-                        count = n
-                        if indices is not None:
-                            acquire_array(indices, &vi, 4, b"IL", "indices")
-                            have_idx = True
-                            idx = <const uint32_t *>vi.buf
-                            count = <uint32_t>(vi.len // 4)
-                            seen = bytearray(n)
-                            for j in range(count):
-                                if idx[j] >= n or seen[idx[j]]:
-                                    raise ValueError(f"indices[{j}] = {idx[j]} is " + (
-                                        f"not a packet number below {n}" if idx[j] >= n else "repeated"))
-                                seen[idx[j]] = 1
-                        for j in range(count):
-                            i = idx[j] if idx != NULL else j
-                            lo, hi = 0, vb.len
-                            if stride:
-                                lo, hi = i * stride, min((i + 1) * stride, vb.len)
-                            # written so that no sum can overflow, whatever the caller passed
-                            if off[i] < lo or off[i] > hi or lens[i] > hi - off[i]:
-                                where = (f"its slot [{lo}, {(i + 1) * stride})" if stride else "the buffer")
-                                raise ValueError(f"packet {i} (offset {off[i]}, length {lens[i]}) is not inside "
-                                                 f"{where} of a {vb.len}-byte buffer")
-                        if count == 0:
-                            return 0
-                        if count >= NOGIL_MIN_PACKETS:
-                            with nogil:
-                                ok = self._burst(<uint8_t *>vb.buf, vb.len, off, lens, <uint8_t *>vs.buf,
-                                                 idx, count, stride, verify)
-                        else:
-                            ok = self._burst(<uint8_t *>vb.buf, vb.len, off, lens, <uint8_t *>vs.buf,
-                                             idx, count, stride, verify)
-                    finally:
-                        if have_idx:
-                            PyBuffer_Release(&vi)
-                        PyBuffer_Release(&vs)
-                finally:
-                    PyBuffer_Release(&vl)
-            finally:
-                PyBuffer_Release(&vo)
+            count = b.n
+            if indices is not None:
+                acquire_array(indices, &vi, 4, b"IL", "indices")
+                have_idx = True
+                idx = <const uint32_t *>vi.buf
+                count = <uint32_t>(vi.len // 4)
+                seen = bytearray(b.n)
+                for j in range(count):
+                    if idx[j] >= b.n or seen[idx[j]]:
+                        raise ValueError(f"indices[{j}] = {idx[j]} is " + (
+                            f"not a packet number below {b.n}" if idx[j] >= b.n else "repeated"))
+                    seen[idx[j]] = 1
+            batch_check_places(&b, stride, idx, count)
+            if count == 0:
+                return 0
+            if count >= NOGIL_MIN_PACKETS:
+                with nogil:
+                    ok = self._burst(b.data, b.size, b.off, b.lens, b.status, idx, count, stride, verify)
+            else:
+                ok = self._burst(b.data, b.size, b.off, b.lens, b.status, idx, count, stride, verify)
         finally:
-            PyBuffer_Release(&vb)
+            if have_idx:
+                PyBuffer_Release(&vi)
+            batch_release(&b)
         return ok
 
     cdef inline uint32_t _burst(self, uint8_t *buf, size_t buflen, int64_t *off, uint32_t *lens,
@@ -479,6 +449,59 @@ cdef class SAState:
         if stride:
             return self.encap_burst_c(buf, buflen, off, lens, status, n, stride, idx)
         return self.decap_burst_c(buf, buflen, off, lens, status, n, verify, idx)
+
+
+cdef int batch_take(batch_bufs_t *b, object buf, object offsets, object lengths,
+                    object status) except -1:
+    """Take the four buffers of a batch call and check that they describe one batch; on an
+    error nothing stays held."""
+    b.held = 0
+    try:
+        acquire_array(buf, &b.views[0], 1, b"Bbc", "buf")
+        b.held = 1
+        acquire_array(offsets, &b.views[1], 8, b"qln", "offsets")
+        b.held = 2
+        acquire_array(lengths, &b.views[2], 4, b"IL", "lengths")
+        b.held = 3
+        acquire_array(status, &b.views[3], 1, b"B", "status")
+        b.held = 4
+        b.n = <uint32_t>(b.views[1].len // 8)
+        if b.views[2].len // 4 != b.n or b.views[3].len < b.n:
+            raise ValueError(f"offsets ({b.n}), lengths ({b.views[2].len // 4}) and status ({b.views[3].len}) "
+                             "must describe the same number of packets")
+    except BaseException:
+        batch_release(b)
+        raise
+    b.data = <uint8_t *>b.views[0].buf
+    b.size = b.views[0].len
+    b.off = <int64_t *>b.views[1].buf
+    b.lens = <uint32_t *>b.views[2].buf
+    b.status = <uint8_t *>b.views[3].buf
+    return 0
+
+
+cdef void batch_release(batch_bufs_t *b) noexcept:
+    while b.held:
+        b.held -= 1
+        PyBuffer_Release(&b.views[b.held])
+
+
+cdef int batch_check_places(const batch_bufs_t *b, Py_ssize_t stride, const uint32_t *idx,
+                            uint32_t count) except -1:
+    """Packets idx[0..count) (0..count without idx) must lie inside the buffer, and with a
+    stride inside their own slots. Written so that no sum can overflow, whatever was passed."""
+    cdef uint32_t j
+    cdef Py_ssize_t i, lo, hi
+    for j in range(count):
+        i = idx[j] if idx != NULL else j
+        lo, hi = 0, b.size
+        if stride:
+            lo, hi = i * stride, min((i + 1) * stride, b.size)
+        if b.off[i] < lo or b.off[i] > hi or b.lens[i] > hi - b.off[i]:
+            where = f"its slot [{lo}, {(i + 1) * stride})" if stride else "the buffer"
+            raise ValueError(f"packet {i} (offset {b.off[i]}, length {b.lens[i]}) is not inside "
+                             f"{where} of a {b.size}-byte buffer")
+    return 0
 
 
 cdef int acquire_array(object obj, Py_buffer *view, Py_ssize_t itemsize, const char *codes,
