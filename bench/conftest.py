@@ -4,11 +4,13 @@ encapsulation always starts from cleartext."""
 
 import ipaddress
 import os
+import time
 from array import array
 
 import pytest
 
 import fastpath
+from fastpath import Status
 from ipsp import SAConfig, gen, parse_proposal
 
 HEADROOM = 128
@@ -64,6 +66,68 @@ class Arena:
         self.floor_off = array("q", [o + skip for o in esp[1]])
         self.floor_len = array("I", [ln - skip - sa.icv_len for ln in esp[2]])
         return esp
+
+
+def probe_time(fn, args=(), setup=None, calls=3):
+    """Seconds one call (with its setup) takes, roughly, after one warm-up call."""
+    if setup is not None:
+        setup()
+    fn(*args)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        if setup is not None:
+            setup()
+        fn(*args)
+    return (time.perf_counter() - t0) / calls
+
+
+def budget_rounds(fn, args=(), setup=None, budget=0.25, lo=10, hi=300):
+    """Rounds for benchmark.pedantic so that one benchmark takes about *budget* seconds
+    (setup included), between lo and hi."""
+    return max(lo, min(hi, int(budget / probe_time(fn, args, setup))))
+
+
+def bench_info(benchmark, arena, proposal, backend, direction, **extra):
+    benchmark.group = f"{direction} {proposal} {arena.size}B"
+    benchmark.extra_info.update(packets=arena.n, bytes=arena.n * arena.size, proposal=proposal,
+                                backend=backend, size=arena.size, direction=direction, **extra)
+
+
+def bench_encap(benchmark, proposal, backend, size, batch, rounds=None, max_rounds=300, **extra):
+    """Full encapsulation (SAState.encap_batch) of a batch restored to cleartext before every
+    round. rounds=None: budget_rounds up to max_rounds. extra goes to extra_info."""
+    out, _ = sa_pair(proposal, backend)
+    arena = Arena(size, batch, out)
+    bench_info(benchmark, arena, proposal, backend, "encap", **extra)
+
+    def setup():
+        arena.reset(arena.plain, arena.off0, arena.len0)
+
+    if rounds is None:
+        rounds = budget_rounds(arena.encap, (out,), setup, hi=max_rounds)
+    ok = benchmark.pedantic(arena.encap, args=(out,), setup=setup, rounds=rounds, warmup_rounds=10)
+    assert ok == batch
+
+
+def bench_decap(benchmark, proposal, backend, size, batch, rounds=None, max_rounds=300, **extra):
+    """Full decapsulation (SAState.decap_batch) of freshly sealed packets every round: never
+    a replay rejection. rounds=None: budget_rounds up to max_rounds. extra goes to
+    extra_info."""
+    out, inb = sa_pair(proposal, backend)
+    arena = Arena(size, batch, out)
+    bench_info(benchmark, arena, proposal, backend, "decap", **extra)
+    images = []
+
+    def setup():
+        # every round decapsulates freshly sealed packets: never a replay rejection
+        images.append(arena.esp_image(out))
+        arena.reset(*images[-1])
+
+    if rounds is None:
+        rounds = budget_rounds(arena.decap, (inb,), setup, hi=max_rounds)
+    ok = benchmark.pedantic(arena.decap, args=(inb,), setup=setup, rounds=rounds, warmup_rounds=10)
+    assert ok == batch and set(arena.status) == {Status.OK}
+    assert bytes(arena.buf[arena.off[0]:arena.off[0] + arena.lens[0]]) == arena.packet
 
 
 @pytest.fixture(params=PROPOSALS)

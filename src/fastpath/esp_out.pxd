@@ -1,5 +1,7 @@
 from libc.stdint cimport uint8_t, uint32_t, int64_t
-from fastpath.state cimport sa_t
+from fastpath.crypto cimport crypto_op_t
+from fastpath.state cimport sa_t, pkt_meta_t
+from fastpath.status cimport Status
 
 cdef enum:
     # packets prepared, sealed and finished together: enough for the multi-buffer backend to
@@ -12,3 +14,8 @@ cdef uint32_t encap_burst(sa_t *sa, uint8_t *buf, size_t buflen, int64_t *off, u
                           uint8_t *status, const uint32_t *idx, uint32_t n, size_t stride) noexcept nogil
 cdef int encap_one(sa_t *sa, const uint8_t *pkt, uint32_t len, uint8_t *out, size_t cap,
                    uint32_t *out_len) noexcept nogil
+
+# The stages of encap_burst, declared for fastpath.stages (per-stage benchmarks and tests)
+cdef Status encap_prepare(sa_t *sa, uint8_t *lo, uint8_t *pkt, uint32_t len, uint8_t *hi,
+                          crypto_op_t *op, pkt_meta_t *m) noexcept nogil
+cdef void encap_finish(sa_t *sa, pkt_meta_t *m) noexcept nogil

@@ -18,13 +18,26 @@ from fastpath.crypto cimport *
 cdef extern from "hmac_pads.h" nogil:
     void fp_hmac_sha1(const hmac_ctx_t *, const hmac_ctx_t *, const uint8_t *, size_t, const uint8_t *, size_t, uint8_t *)
     void fp_hmac_sha1_pads(hmac_ctx_t *, hmac_ctx_t *, const uint8_t *, size_t)
+    void fp_hmac_sha256(const hmac_ctx_t *, const hmac_ctx_t *, const uint8_t *, size_t, const uint8_t *, size_t, uint8_t *)
+    void fp_hmac_sha256_pads(hmac_ctx_t *, hmac_ctx_t *, const uint8_t *, size_t)
 
 
 
-def openssl_gcm(uint8_t[::1] buf, int64_t[::1] offsets, uint32_t[::1] lengths, int key_len=16,
-                bint encrypt=True):
-    """AES-GCM (RFC 4106 shape: 12-byte nonce, 8-byte AAD, 16-byte tag) with one reused
-    EVP context: the loop the OpenSSL backend runs."""
+cdef const EVP_CIPHER *aead_cipher(str name) except NULL:
+    if name == "aes-128-gcm":
+        return EVP_aes_128_gcm()
+    if name == "aes-256-gcm":
+        return EVP_aes_256_gcm()
+    if name == "chacha20-poly1305":
+        return EVP_chacha20_poly1305()
+    raise ValueError(f"no AEAD floor for {name!r}")
+
+
+def openssl_aead(uint8_t[::1] buf, int64_t[::1] offsets, uint32_t[::1] lengths, str cipher="aes-128-gcm",
+                 bint encrypt=True):
+    """AES-GCM or ChaCha20-Poly1305 (RFC 4106 / 7634 shape: 12-byte nonce, 8-byte AAD,
+    16-byte tag) with one reused EVP context: the loop the OpenSSL backend runs."""
+    cdef const EVP_CIPHER *evp = aead_cipher(cipher)
     cdef EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new()
     cdef uint8_t key[32]
     cdef uint8_t nonce[12]
@@ -37,7 +50,7 @@ def openssl_gcm(uint8_t[::1] buf, int64_t[::1] offsets, uint32_t[::1] lengths, i
     memset(nonce, 1, 12)
     memset(aad, 2, 8)
     memset(tag, 0, 16)
-    EVP_CipherInit_ex(ctx, EVP_aes_128_gcm() if key_len == 16 else EVP_aes_256_gcm(), NULL, key, NULL, encrypt)
+    EVP_CipherInit_ex(ctx, evp, NULL, key, NULL, encrypt)
     with nogil:
         t0 = now_ns()
         for i in range(n):
@@ -55,35 +68,44 @@ def openssl_gcm(uint8_t[::1] buf, int64_t[::1] offsets, uint32_t[::1] lengths, i
     return t1 - t0
 
 
-def openssl_cbc_sha1(uint8_t[::1] buf, int64_t[::1] offsets, uint32_t[::1] lengths, bint des=False,
-                     bint encrypt=True):
-    """AES-128-CBC (or DES-CBC through DES_ncbc_encrypt) + HMAC-SHA1-96 with precomputed pad
-    states, over 16 bytes of header + the ciphertext: the OpenSSL backend's loop."""
+def openssl_cbc_hmac(uint8_t[::1] buf, int64_t[::1] offsets, uint32_t[::1] lengths, str cipher="aes-128-cbc",
+                     str hmac="sha1", bint encrypt=True):
+    """AES-CBC (or DES-CBC through DES_ncbc_encrypt) + HMAC-SHA1 or HMAC-SHA256 with
+    precomputed pad states, over 16 bytes of header + the ciphertext: the OpenSSL backend's
+    loop."""
     cdef EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new()
     cdef DES_key_schedule ks
     cdef DES_cblock ivec
     cdef hmac_ctx_t hin, hout
     cdef uint8_t key[32]
     cdef uint8_t iv[16]
-    cdef uint8_t md[20]
+    cdef uint8_t md[32]
     cdef int outl
     cdef Py_ssize_t i, n = offsets.shape[0]
     cdef uint64_t t0, t1
     cdef uint8_t *p
+    cdef bint des = cipher == "des-cbc"
+    cdef bint sha256 = hmac == "sha256"
+    if cipher not in ("aes-128-cbc", "aes-256-cbc", "des-cbc") or hmac not in ("sha1", "sha256"):
+        raise ValueError(f"no CBC floor for {cipher!r} with {hmac!r}")
     memset(key, 7, 32)
     memset(iv, 1, 16)
-    fp_hmac_sha1_pads(&hin, &hout, key, 20)
+    if sha256:
+        fp_hmac_sha256_pads(&hin, &hout, key, 32)
+    else:
+        fp_hmac_sha1_pads(&hin, &hout, key, 20)
     if des:
         DES_set_key_unchecked(<const DES_cblock *>key, &ks)
     else:
-        EVP_CipherInit_ex(ctx, EVP_aes_128_cbc(), NULL, key, NULL, encrypt)
+        EVP_CipherInit_ex(ctx, EVP_aes_128_cbc() if cipher == "aes-128-cbc" else EVP_aes_256_cbc(), NULL, key, NULL,
+                          encrypt)
         EVP_CIPHER_CTX_set_padding(ctx, 0)
     with nogil:
         t0 = now_ns()
         for i in range(n):
             p = &buf[offsets[i]]
             if not encrypt:
-                fp_hmac_sha1(&hin, &hout, p - 16, lengths[i] + 16, NULL, 0, md)
+                mac(sha256, &hin, &hout, p - 16, lengths[i] + 16, md)
             if des:
                 memcpy_iv(ivec, iv)
                 DES_ncbc_encrypt(p, p, lengths[i], &ks, &ivec, DES_ENCRYPT if encrypt else DES_DECRYPT)
@@ -91,10 +113,18 @@ def openssl_cbc_sha1(uint8_t[::1] buf, int64_t[::1] offsets, uint32_t[::1] lengt
                 EVP_CipherInit_ex(ctx, NULL, NULL, NULL, iv, -1)
                 EVP_CipherUpdate(ctx, p, &outl, p, lengths[i])
             if encrypt:
-                fp_hmac_sha1(&hin, &hout, p - 16, lengths[i] + 16, NULL, 0, md)
+                mac(sha256, &hin, &hout, p - 16, lengths[i] + 16, md)
         t1 = now_ns()
     EVP_CIPHER_CTX_free(ctx)
     return t1 - t0
+
+
+cdef inline void mac(bint sha256, const hmac_ctx_t *hin, const hmac_ctx_t *hout, const uint8_t *d, size_t n,
+                     uint8_t *md) noexcept nogil:
+    if sha256:
+        fp_hmac_sha256(hin, hout, d, n, NULL, 0, md)
+    else:
+        fp_hmac_sha1(hin, hout, d, n, NULL, 0, md)
 
 
 cdef inline void memcpy_iv(DES_cblock dst, const uint8_t *src) noexcept nogil:

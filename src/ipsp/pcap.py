@@ -32,13 +32,21 @@ pcapng
 
 Link-layer types follow https://www.tcpdump.org/linktypes.html.
 
-The reader maps the file and records, per packet, where its bytes are and
-its lengths, timestamp and link type in flat ``array.array`` columns;
-packet bytes are handed out as ``memoryview`` slices of the mapping and
-are never copied.  Problems that make the file unreadable raise
-:class:`TraceError` naming the byte offset; a final record or block that
-is cut short (the usual result of a capture killed mid-write) is reported
-in :attr:`Trace.truncated_tail` instead, keeping every packet before it.
+Indexing walks the records in C (:mod:`fastpath.capture`); only the rare
+headers (the pcap file header, pcapng SHB and IDB) are parsed here.  Per
+packet it records, in flat ``array.array`` columns, where its bytes are,
+its lengths, timestamp and link type, and where its IP header is, so
+callers reach IP packets without a Python call per packet.  Two ways in:
+
+* :func:`open_trace` maps the whole file for random access; packet bytes
+  are handed out as ``memoryview`` slices of the mapping, never copied.
+* :func:`iter_chunks` streams a file of any size through one reused
+  buffer, yielding :class:`TraceChunk` objects, in bounded memory.
+
+Problems that make the file unreadable raise :class:`TraceError` naming
+the byte offset in the file; a final record or block that is cut short
+(the usual result of a capture killed mid-write) is reported in
+``truncated_tail`` instead, keeping every packet before it.
 """
 
 from __future__ import annotations
@@ -48,7 +56,9 @@ import os
 import struct
 from array import array
 from types import TracebackType
-from typing import BinaryIO, Final, TypeAlias, Union
+from typing import BinaryIO, Final, Iterator, TypeAlias, Union
+
+from fastpath import capture
 
 # Anything exposing a contiguous byte buffer (collections.abc.Buffer is 3.12+).
 BufferLike: TypeAlias = Union[bytes, bytearray, memoryview, mmap.mmap]
@@ -56,8 +66,10 @@ BufferLike: TypeAlias = Union[bytes, bytearray, memoryview, mmap.mmap]
 __all__ = [
     "TraceError",
     "Trace",
+    "TraceChunk",
     "TraceWriter",
     "open_trace",
+    "iter_chunks",
     "LINKTYPE_NULL",
     "LINKTYPE_ETHERNET",
     "LINKTYPE_RAW",
@@ -88,10 +100,9 @@ MAX_CAPLEN: Final = 256 * 1024 * 1024
 SNAPLEN_SLACK: Final = 65536
 # Packet data plus generous room for the fixed fields and options.
 MAX_BLOCK_LENGTH: Final = MAX_CAPLEN + 65536
-
-_NS_PER_S: Final = 1_000_000_000
-_INT64_MIN: Final = -(1 << 63)
-_INT64_MAX: Final = (1 << 63) - 1
+# The smallest streaming buffer: it must hold a pcap file header (24 bytes)
+# so that only records, never the header, straddle two chunks.
+MIN_CHUNK_BYTES: Final = 64
 
 # pcap magic numbers as they read in little-endian order.
 _PCAP_MAGIC_US: Final = 0xA1B2C3D4
@@ -99,45 +110,25 @@ _PCAP_MAGIC_NS: Final = 0xA1B23C4D
 _PCAP_MAGIC_US_SWAPPED: Final = 0xD4C3B2A1
 _PCAP_MAGIC_NS_SWAPPED: Final = 0x4D3CB2A1
 _PCAP_HEADER_LEN: Final = 24
-_PCAP_RECORD_LEN: Final = 16
+_NS_PER_S: Final = 1_000_000_000
 
 _BT_SHB: Final = 0x0A0D0D0A
-_BT_IDB: Final = 0x00000001
-_BT_PB: Final = 0x00000002
-_BT_SPB: Final = 0x00000003
-_BT_EPB: Final = 0x00000006
-_BOM_LITTLE: Final = b"\x4d\x3c\x2b\x1a"
-_BOM_BIG: Final = b"\x1a\x2b\x3c\x4d"
 _OPT_ENDOFOPT: Final = 0
 _OPT_IF_TSRESOL: Final = 9
 _OPT_IF_TSOFFSET: Final = 14
 # Minimum total lengths: 12 bytes of framing plus the fixed body fields.
 _MIN_SHB: Final = 28
 _MIN_IDB: Final = 20
-_MIN_EPB: Final = 32
-_MIN_PB: Final = 32
-_MIN_SPB: Final = 16
-
-_VLAN_TPIDS: Final = frozenset((0x8100, 0x88A8, 0x9100))
-_ETHERTYPE_IPV4: Final = 0x0800
-_ETHERTYPE_IPV6: Final = 0x86DD
-# AF_INET is 2 everywhere; AF_INET6 differs per OS (Linux 10, the BSDs 24,
-# FreeBSD 28, Darwin 30) and a capture may come from any of them.
-_AF_FAMILY: Final = {2: 4, 10: 6, 24: 6, 28: 6, 30: 6}
 
 _U32 = {"<": struct.Struct("<I"), ">": struct.Struct(">I")}
 _PCAP_HDR = {"<": struct.Struct("<IHHiIII"), ">": struct.Struct(">IHHiIII")}
-_PCAP_REC = {"<": struct.Struct("<IIII"), ">": struct.Struct(">IIII")}
-_BLOCK_HDR = {"<": struct.Struct("<II"), ">": struct.Struct(">II")}
 _SHB_VER = {"<": struct.Struct("<HH"), ">": struct.Struct(">HH")}
 _IDB_FIXED = {"<": struct.Struct("<HHI"), ">": struct.Struct(">HHI")}
-_EPB_FIXED = {"<": struct.Struct("<IIIII"), ">": struct.Struct(">IIIII")}
-_PB_FIXED = {"<": struct.Struct("<HHIIII"), ">": struct.Struct(">HHIIII")}
 _OPT_HDR = {"<": struct.Struct("<HH"), ">": struct.Struct(">HH")}
 _I64 = {"<": struct.Struct("<q"), ">": struct.Struct(">q")}
-_BE16 = struct.Struct(">H")
-_BE32 = struct.Struct(">I")
 _LE32 = struct.Struct("<I")
+
+_Damaged = capture.Damaged
 
 
 class TraceError(ValueError):
@@ -156,312 +147,172 @@ class TraceError(ValueError):
         return (TraceError, (self.offset, self.what))
 
 
-class _Interface:
-    """Per-interface state needed to turn an EPB timestamp into nanoseconds."""
-
-    __slots__ = ("linktype", "snaplen", "mul", "div", "shift", "offset_ns")
-
-    def __init__(self, linktype: int, snaplen: int) -> None:
-        self.linktype = linktype
-        self.snaplen = snaplen
-        # Default if_tsresol is 6 (microseconds).
-        self.mul = 1000
-        self.div = 1
-        self.shift = 0
-        self.offset_ns = 0
-
-    def set_tsresol(self, code: int) -> None:
-        exp = code & 0x7F
-        if code & 0x80:
-            # Units of 2**-exp seconds: scale to ns first so the shift
-            # truncates only below a nanosecond.
-            self.mul, self.div, self.shift = _NS_PER_S, 1, exp
-        elif exp <= 9:
-            self.mul, self.div, self.shift = 10 ** (9 - exp), 1, 0
-        else:
-            self.mul, self.div, self.shift = 1, 10 ** (exp - 9), 0
-
-    @property
-    def sub_microsecond(self) -> bool:
-        # Units finer than 1 µs: 10**-7.. or 2**-20 (~0.95 µs) and finer.
-        if self.shift:
-            return self.shift >= 20
-        return self.div > 1 or self.mul < 1000
-
-    def to_ns(self, units: int) -> int:
-        return ((units * self.mul) // self.div >> self.shift) + self.offset_ns
+# ---------------------------------------------------------------- indexing
 
 
-class Trace:
-    """An indexed capture file: packets are never copied into Python objects while indexing.
+class _Indexer:
+    """Indexes one capture file, given whole or as successive buffers.
 
-    Normally obtained from :func:`open_trace`; constructing one directly
-    from any buffer (``bytes``, ``mmap``, ``memoryview``) indexes that
-    buffer in place, which is handy for data already in memory.
-
-    ``linktype`` is that of the first interface (-1 when the file declares
-    none, e.g. an empty file).  ``nanosecond`` is true when any interface
-    records timestamps finer than a microsecond, i.e. when rewriting the
-    trace needs a nanosecond pcap to be lossless.  SPB packets carry no
-    timestamp; their ``timestamps`` entry is 0.
+    The headers are parsed here, the records between them by a
+    :class:`fastpath.capture.Walker`, which also keeps what must outlive one
+    buffer: the byte order and the current pcapng section's interfaces.
     """
 
-    format: str
-    linktype: int
-    nanosecond: bool
-    count: int
-    offsets: array[int]
-    caplens: array[int]
-    origlens: array[int]
-    timestamps: array[int]
-    linktypes: array[int]
-    truncated_tail: str | None
-
-    def __init__(self, data: BufferLike, *, path: str | None = None) -> None:
-        view = memoryview(data)
-        if view.ndim != 1 or view.format != "B":
-            view = view.cast("B")
-        self.path = path
-        self._data: BufferLike | None = data
-        self._view: memoryview | None = view
-        self.format = "pcap"
+    def __init__(self) -> None:
+        self.walker = capture.Walker(MAX_BLOCK_LENGTH)
+        self.format = ""  # until the file's first bytes are seen
         self.linktype = -1
         self.nanosecond = False
-        self.count = 0
-        self.offsets = array("q")
-        self.caplens = array("I")
-        self.origlens = array("I")
-        self.timestamps = array("q")
-        self.linktypes = array("H")
-        self.truncated_tail = None
+
+    def index(self, buf: memoryview, base: int, final: bool) -> tuple[int, str | None, int]:
+        """Index the records in ``buf``, which holds the file from offset ``base`` on.
+
+        Returns ``(end, missing, need)``: ``end`` is where the last whole
+        record ends; if a record starts there, ``missing`` says what of it is
+        not in ``buf`` and ``need`` how many bytes it takes in all.  ``final``
+        says ``buf`` runs to the end of the file.  A buffer that is not final
+        holds at least MIN_CHUNK_BYTES.  Columns accumulate in the walker.
+        """
         try:
-            self._index(view)
-        except BaseException:
-            # Drop our export so the caller can close the mmap it passed in;
-            # the mapping itself is the caller's to close.
-            view.release()
-            self._view = None
-            self._data = None
-            raise
+            end, missing, need = self._index(buf, final)
+        except _Damaged as e:
+            raise TraceError(base + e.offset, e.what) from None
+        if missing is not None and final and base + end == 0:
+            # Without a complete first SHB there is no section to speak of.
+            raise TraceError(0, missing)
+        return end, missing, need
 
-    def _index(self, view: memoryview) -> None:
-        size = len(view)
-        if size == 0:
-            # A capture started and killed before writing its header: valid,
-            # just empty.
-            return
-        if size < 4:
-            raise TraceError(0, f"file header cut short ({size} of at least 4 bytes)")
-        magic = _LE32.unpack_from(view, 0)[0]
-        if magic in (_PCAP_MAGIC_US, _PCAP_MAGIC_NS, _PCAP_MAGIC_US_SWAPPED, _PCAP_MAGIC_NS_SWAPPED):
-            self._index_pcap(view, magic)
-        elif magic == _BT_SHB:
-            self.format = "pcapng"
-            self._index_pcapng(view)
+    def _index(self, buf: memoryview, final: bool) -> tuple[int, str | None, int]:
+        w = self.walker
+        pos = 0
+        if not self.format:
+            size = len(buf)
+            if size == 0 and final:
+                # A capture started and killed before writing its header:
+                # valid, just empty.
+                self.format = "pcap"
+                return 0, None, 0
+            if size < 4:
+                raise _Damaged(0, f"file header cut short ({size} of at least 4 bytes)")
+            magic = _LE32.unpack_from(buf, 0)[0]
+            if magic in (_PCAP_MAGIC_US, _PCAP_MAGIC_NS, _PCAP_MAGIC_US_SWAPPED, _PCAP_MAGIC_NS_SWAPPED):
+                pos = self._pcap_header(buf, magic)
+            elif magic == _BT_SHB:
+                self.format = "pcapng"
+            else:
+                raise _Damaged(0, f"unknown magic number 0x{magic:08x} (neither pcap nor pcapng)")
+        if self.format == "pcap":
+            pos = w.pcap(buf, pos)
         else:
-            raise TraceError(0, f"unknown magic number 0x{magic:08x} (neither pcap nor pcapng)")
-        self.count = len(self.offsets)
+            while True:
+                pos = w.pcapng(buf, pos)
+                if w.stop != capture.BLOCK:
+                    break
+                self._header_block(buf, pos, w.block_len)
+                pos += w.block_len
+        if w.stop == capture.SHORT:
+            return pos, w.missing, w.need
+        return pos, None, 0
 
-    # -- classic pcap ---------------------------------------------------
-
-    def _index_pcap(self, buf: memoryview, magic: int) -> None:
-        size = len(buf)
-        bo = "<" if magic in (_PCAP_MAGIC_US, _PCAP_MAGIC_NS) else ">"
+    def _pcap_header(self, buf: memoryview, magic: int) -> int:
+        big = magic in (_PCAP_MAGIC_US_SWAPPED, _PCAP_MAGIC_NS_SWAPPED)
+        self.format = "pcap"
         self.nanosecond = magic in (_PCAP_MAGIC_NS, _PCAP_MAGIC_NS_SWAPPED)
-        if size < _PCAP_HEADER_LEN:
-            raise TraceError(0, f"pcap file header cut short ({size} of {_PCAP_HEADER_LEN} bytes)")
+        if len(buf) < _PCAP_HEADER_LEN:
+            raise _Damaged(0, f"pcap file header cut short ({len(buf)} of {_PCAP_HEADER_LEN} bytes)")
         # thiszone and sigfigs are ignored: the draft requires writers to
         # store 0 and real-world values are unreliable.
-        _, vmaj, vmin, _, _, snaplen, lt_field = _PCAP_HDR[bo].unpack_from(buf, 0)
+        _, vmaj, vmin, _, _, snaplen, lt_field = _PCAP_HDR[">" if big else "<"].unpack_from(buf, 0)
         # 2.2 and 2.3 files exist in the wild and share the 2.4 layout.
         if vmaj != 2 or vmin > 4:
-            raise TraceError(4, f"unsupported pcap version {vmaj}.{vmin}")
+            raise _Damaged(4, f"unsupported pcap version {vmaj}.{vmin}")
         # Upper bits hold FCS length flags, not part of the link type.
-        linktype = lt_field & 0xFFFF
-        self.linktype = linktype
+        self.linktype = lt_field & 0xFFFF
         limit = min(MAX_CAPLEN, snaplen + SNAPLEN_SLACK) if snaplen else MAX_CAPLEN
-        frac_ns = 1 if self.nanosecond else 1000
-        rec = _PCAP_REC[bo]
-        offsets, caplens, origlens = self.offsets, self.caplens, self.origlens
-        timestamps, linktypes = self.timestamps, self.linktypes
-        pos = _PCAP_HEADER_LEN
-        while pos < size:
-            if size - pos < _PCAP_RECORD_LEN:
-                self.truncated_tail = (
-                    f"offset {pos}: record header cut short "
-                    f"({size - pos} of {_PCAP_RECORD_LEN} bytes present)"
-                )
-                break
-            sec, frac, caplen, origlen = rec.unpack_from(buf, pos)
-            if caplen > limit:
-                raise TraceError(
-                    pos + 8, f"captured length {caplen} exceeds limit {limit} (snaplen {snaplen})"
-                )
-            data = pos + _PCAP_RECORD_LEN
-            if caplen > size - data:
-                self.truncated_tail = (
-                    f"offset {pos}: packet data cut short "
-                    f"({size - data} of {caplen} bytes present)"
-                )
-                break
-            offsets.append(data)
-            caplens.append(caplen)
-            origlens.append(origlen)
-            # Both fields are unsigned 32-bit, so this always fits int64.
-            timestamps.append(sec * _NS_PER_S + frac * frac_ns)
-            linktypes.append(linktype)
-            pos = data + caplen
+        self.walker.set_pcap(big, self.nanosecond, self.linktype, limit, snaplen)
+        return _PCAP_HEADER_LEN
 
-    # -- pcapng ---------------------------------------------------------
+    def _header_block(self, buf: memoryview, pos: int, blen: int) -> None:
+        """An SHB or IDB, its framing already checked by the walker."""
+        w = self.walker
+        bo = ">" if w.big_endian else "<"
+        if _U32[bo].unpack_from(buf, pos)[0] == _BT_SHB:
+            if blen < _MIN_SHB:
+                raise _Damaged(pos + 4, f"section header block length {blen} is less than {_MIN_SHB}")
+            vmaj, vmin = _SHB_VER[bo].unpack_from(buf, pos + 12)
+            if vmaj != 1:
+                raise _Damaged(pos + 12, f"unsupported pcapng version {vmaj}.{vmin}")
+            w.new_section()
+            return
+        if blen < _MIN_IDB:
+            raise _Damaged(pos + 4, f"interface description block length {blen} is less than {_MIN_IDB}")
+        linktype, _, snaplen = _IDB_FIXED[bo].unpack_from(buf, pos + 8)
+        tsresol, offset_s = _idb_options(buf, bo, pos + 16, pos + blen - 4)
+        w.add_interface(linktype, snaplen, tsresol, offset_s)
+        if self.linktype < 0:
+            self.linktype = linktype
+        # Units finer than 1 µs: 10**-7 s and finer, or 2**-20 s (~0.95 µs) and finer.
+        exp = tsresol & 0x7F
+        if exp >= 20 if tsresol & 0x80 else exp > 6:
+            self.nanosecond = True
 
-    def _truncated(self, pos: int, what: str) -> None:
-        if pos == 0:
-            # Without a complete first SHB there is no section to speak of.
-            raise TraceError(0, what)
-        self.truncated_tail = f"offset {pos}: {what}"
 
-    def _index_pcapng(self, buf: memoryview) -> None:
-        size = len(buf)
-        bo = "<"
-        interfaces: list[_Interface] = []
-        offsets, caplens, origlens = self.offsets, self.caplens, self.origlens
-        timestamps, linktypes = self.timestamps, self.linktypes
-        pos = 0
-        while pos < size:
-            rem = size - pos
-            if rem < 8:
-                self._truncated(pos, f"block header cut short ({rem} of 8 bytes present)")
-                break
-            # The SHB type reads the same in both byte orders, so it can be
-            # recognised before we know the new section's order.
-            btype = _U32[bo].unpack_from(buf, pos)[0]
-            if btype == _BT_SHB:
-                if rem < 12:
-                    self._truncated(pos, f"section header cut short ({rem} of 12 bytes present)")
-                    break
-                bom = bytes(buf[pos + 8 : pos + 12])
-                if bom == _BOM_LITTLE:
-                    bo = "<"
-                elif bom == _BOM_BIG:
-                    bo = ">"
-                else:
-                    raise TraceError(pos + 8, f"bad byte-order magic {bom.hex()} in section header")
-            blen = _U32[bo].unpack_from(buf, pos + 4)[0]
-            if blen % 4:
-                raise TraceError(pos + 4, f"block total length {blen} is not a multiple of 4")
-            if blen < 12:
-                raise TraceError(pos + 4, f"block total length {blen} is less than 12")
-            if blen > MAX_BLOCK_LENGTH:
-                raise TraceError(pos + 4, f"block total length {blen} runs past any plausible end of file")
-            if blen > rem:
-                self._truncated(pos, f"block of length {blen} cut short ({rem} bytes present)")
-                break
-            trailer = _U32[bo].unpack_from(buf, pos + blen - 4)[0]
-            if trailer != blen:
-                raise TraceError(
-                    pos + blen - 4, f"trailing block length {trailer} differs from leading length {blen}"
-                )
-            end = pos + blen - 4  # end of the block body
+def _idb_options(buf: memoryview, bo: str, pos: int, end: int) -> tuple[int, int]:
+    """The if_tsresol code and if_tsoffset seconds of an IDB (default 6, i.e. µs, and 0)."""
+    tsresol, offset_s = 6, 0
+    opt_hdr = _OPT_HDR[bo]
+    while end - pos >= 4:
+        code, olen = opt_hdr.unpack_from(buf, pos)
+        if code == _OPT_ENDOFOPT:
+            break
+        value = pos + 4
+        if olen > end - value:
+            raise _Damaged(pos, f"option {code} of length {olen} runs past the end of its block")
+        if code == _OPT_IF_TSRESOL:
+            if olen != 1:
+                raise _Damaged(pos, f"if_tsresol option has length {olen}, expected 1")
+            tsresol = buf[value]
+        elif code == _OPT_IF_TSOFFSET:
+            if olen != 8:
+                raise _Damaged(pos, f"if_tsoffset option has length {olen}, expected 8")
+            offset_s = _I64[bo].unpack_from(buf, value)[0]
+        pos = value + ((olen + 3) & ~3)
+    return tsresol, offset_s
 
-            if btype == _BT_SHB:
-                if blen < _MIN_SHB:
-                    raise TraceError(pos + 4, f"section header block length {blen} is less than {_MIN_SHB}")
-                vmaj, vmin = _SHB_VER[bo].unpack_from(buf, pos + 12)
-                if vmaj != 1:
-                    raise TraceError(pos + 12, f"unsupported pcapng version {vmaj}.{vmin}")
-                # Interface ids restart at 0 in every section.
-                interfaces = []
 
-            elif btype == _BT_IDB:
-                if blen < _MIN_IDB:
-                    raise TraceError(pos + 4, f"interface description block length {blen} is less than {_MIN_IDB}")
-                linktype, _, snaplen = _IDB_FIXED[bo].unpack_from(buf, pos + 8)
-                iface = _Interface(linktype, snaplen)
-                self._parse_idb_options(buf, bo, pos + 16, end, iface)
-                interfaces.append(iface)
-                if self.linktype < 0:
-                    self.linktype = linktype
-                if iface.sub_microsecond:
-                    self.nanosecond = True
+# ---------------------------------------------------------------- packet access
 
-            elif btype == _BT_EPB or btype == _BT_PB:
-                if btype == _BT_EPB:
-                    if blen < _MIN_EPB:
-                        raise TraceError(pos + 4, f"enhanced packet block length {blen} is less than {_MIN_EPB}")
-                    ifid, ts_hi, ts_lo, caplen, origlen = _EPB_FIXED[bo].unpack_from(buf, pos + 8)
-                else:
-                    if blen < _MIN_PB:
-                        raise TraceError(pos + 4, f"packet block length {blen} is less than {_MIN_PB}")
-                    ifid, _, ts_hi, ts_lo, caplen, origlen = _PB_FIXED[bo].unpack_from(buf, pos + 8)
-                if ifid >= len(interfaces):
-                    raise TraceError(
-                        pos + 8, f"packet refers to interface {ifid} but the section declares {len(interfaces)}"
-                    )
-                data = pos + 28
-                if caplen > end - data:
-                    raise TraceError(
-                        pos + 20, f"captured length {caplen} runs past the end of its block ({end - data} bytes)"
-                    )
-                iface = interfaces[ifid]
-                ts = iface.to_ns((ts_hi << 32) | ts_lo)
-                if not _INT64_MIN <= ts <= _INT64_MAX:
-                    raise TraceError(pos + 12, "timestamp does not fit in 64-bit nanoseconds")
-                offsets.append(data)
-                caplens.append(caplen)
-                origlens.append(origlen)
-                timestamps.append(ts)
-                linktypes.append(iface.linktype)
 
-            elif btype == _BT_SPB:
-                if blen < _MIN_SPB:
-                    raise TraceError(pos + 4, f"simple packet block length {blen} is less than {_MIN_SPB}")
-                if not interfaces:
-                    raise TraceError(pos, "simple packet block before any interface description block")
-                iface = interfaces[0]
-                origlen = _U32[bo].unpack_from(buf, pos + 8)[0]
-                # The SPB has no captured length: it is the original length
-                # cut to the snaplen (0 meaning unlimited) of interface 0.
-                caplen = origlen if iface.snaplen == 0 else min(origlen, iface.snaplen)
-                data = pos + 12
-                if caplen > end - data:
-                    raise TraceError(
-                        pos + 8, f"packet length {caplen} runs past the end of its block ({end - data} bytes)"
-                    )
-                offsets.append(data)
-                caplens.append(caplen)
-                origlens.append(origlen)
-                timestamps.append(0)
-                linktypes.append(iface.linktype)
+class _Packets:
+    """Indexed packets: the columns and access to their bytes.
 
-            pos += blen
+    Per packet ``i``: ``offsets[i]`` is where its captured bytes start in
+    the buffer and ``caplens[i]`` how many there are; ``origlens[i]`` its
+    length on the wire; ``timestamps[i]`` nanoseconds since the epoch (0 for
+    pcapng SPB packets, which carry none); ``linktypes[i]`` its link type;
+    ``l3_offsets[i]`` where its IPv4/IPv6 header starts in the buffer, or
+    -1 when the frame carries none we can find, and ``l3_lengths[i]`` the
+    bytes from there to the end of the frame (0 when there is no header).
+    A non-negative ``l3_offsets[i]`` guarantees at least one byte there and
+    that its version nibble agrees with the link header.
+    """
 
-    @staticmethod
-    def _parse_idb_options(buf: memoryview, bo: str, pos: int, end: int, iface: _Interface) -> None:
-        opt_hdr = _OPT_HDR[bo]
-        while end - pos >= 4:
-            code, olen = opt_hdr.unpack_from(buf, pos)
-            if code == _OPT_ENDOFOPT:
-                break
-            value = pos + 4
-            if olen > end - value:
-                raise TraceError(pos, f"option {code} of length {olen} runs past the end of its block")
-            if code == _OPT_IF_TSRESOL:
-                if olen != 1:
-                    raise TraceError(pos, f"if_tsresol option has length {olen}, expected 1")
-                iface.set_tsresol(buf[value])
-            elif code == _OPT_IF_TSOFFSET:
-                if olen != 8:
-                    raise TraceError(pos, f"if_tsoffset option has length {olen}, expected 8")
-                iface.offset_ns = _I64[bo].unpack_from(buf, value)[0] * _NS_PER_S
-            pos = value + ((olen + 3) & ~3)
+    count: int
+    offsets: array[int]  # "q"
+    caplens: array[int]  # "I"
+    origlens: array[int]  # "I"
+    timestamps: array[int]  # "q"
+    linktypes: array[int]  # "H"
+    l3_offsets: array[int]  # "q"
+    l3_lengths: array[int]  # "I"
 
-    # -- access ---------------------------------------------------------
+    def _set_columns(self, columns: tuple[array[int], ...]) -> None:
+        (self.offsets, self.caplens, self.origlens, self.timestamps, self.linktypes,
+         self.l3_offsets, self.l3_lengths) = columns
+        self.count = len(self.offsets)
 
     def _open_view(self) -> memoryview:
-        view = self._view
-        if view is None:
-            raise ValueError("trace is closed")
-        return view
+        raise NotImplementedError
 
     def _packet(self, i: int) -> int:
         if i < 0:
@@ -474,57 +325,80 @@ class Trace:
         return self.count
 
     def frame(self, i: int) -> memoryview:
-        """Zero-copy view of packet ``i``'s captured bytes (valid until close)."""
+        """Zero-copy view of packet ``i``'s captured bytes."""
         view = self._open_view()
         i = self._packet(i)
         start = self.offsets[i]
         return view[start : start + self.caplens[i]]
+
+    def ip(self, i: int) -> memoryview | None:
+        """Zero-copy view of packet ``i`` from its IP header on, or None if it has none."""
+        view = self._open_view()
+        i = self._packet(i)
+        start = self.l3_offsets[i]
+        return None if start < 0 else view[start : start + self.l3_lengths[i]]
 
     def l3(self, i: int) -> tuple[int, int]:
         """Where packet ``i``'s IP header starts and which IP version it is.
 
         Returns ``(offset within the frame, 4 or 6)``, or ``(0, 0)`` when the
         frame is not IP, is too short to tell, or uses an unknown link type.
-        A non-zero family guarantees the frame holds at least one byte at
-        the offset and that its version nibble agrees.
         """
         view = self._open_view()
         i = self._packet(i)
-        start = self.offsets[i]
-        n = self.caplens[i]
-        lt = self.linktypes[i]
-        if lt == LINKTYPE_ETHERNET:
-            return _ethertype_l3(view, start, n, 12)
-        if lt == LINKTYPE_RAW:
-            if n < 1:
-                return (0, 0)
-            version = view[start] >> 4
-            return (0, version) if version in (4, 6) else (0, 0)
-        if lt == LINKTYPE_IPV4:
-            return _checked(view, start, n, 0, 4)
-        if lt == LINKTYPE_IPV6:
-            return _checked(view, start, n, 0, 6)
-        if lt == LINKTYPE_LINUX_SLL:
-            # libpcap reinserts stripped VLAN tags after the cooked header,
-            # so the same tag walk as Ethernet applies.
-            return _ethertype_l3(view, start, n, 14)
-        if lt == LINKTYPE_LINUX_SLL2:
-            if n < 20:
-                return (0, 0)
-            return _checked(view, start, n, 20, _ethertype_family(_BE16.unpack_from(view, start)[0]))
-        if lt == LINKTYPE_NULL or lt == LINKTYPE_LOOP:
-            if n < 4:
-                return (0, 0)
-            if lt == LINKTYPE_LOOP:
-                af = _BE32.unpack_from(view, start)[0]
-            else:
-                # "Host order" of a machine we cannot know; the AF values are
-                # small, so a value with only high bits set is byte-swapped.
-                af = _LE32.unpack_from(view, start)[0]
-                if af & 0xFFFF0000 and not af & 0xFFFF:
-                    af = _BE32.unpack_from(view, start)[0]
-            return _checked(view, start, n, 4, _AF_FAMILY.get(af, 0))
-        return (0, 0)
+        start = self.l3_offsets[i]
+        if start < 0:
+            return (0, 0)
+        return (start - self.offsets[i], view[start] >> 4)
+
+
+class Trace(_Packets):
+    """An indexed capture file: packets are never copied into Python objects while indexing.
+
+    Normally obtained from :func:`open_trace`; constructing one directly
+    from any buffer (``bytes``, ``mmap``, ``memoryview``) indexes that
+    buffer in place, which is handy for data already in memory.
+
+    ``linktype`` is that of the first interface (-1 when the file declares
+    none, e.g. an empty file).  ``nanosecond`` is true when any interface
+    records timestamps finer than a microsecond, i.e. when rewriting the
+    trace needs a nanosecond pcap to be lossless.  The columns are described
+    in :class:`_Packets`; their offsets are into the whole buffer.
+    """
+
+    format: str
+    linktype: int
+    nanosecond: bool
+    truncated_tail: str | None
+
+    def __init__(self, data: BufferLike, *, path: str | None = None) -> None:
+        view = memoryview(data)
+        if view.ndim != 1 or view.format != "B":
+            view = view.cast("B")
+        self.path = path
+        self._data: BufferLike | None = data
+        self._view: memoryview | None = view
+        indexer = _Indexer()
+        try:
+            end, missing, _ = indexer.index(view, 0, final=True)
+        except BaseException:
+            # Drop our export so the caller can close the mmap it passed in;
+            # the mapping itself is the caller's to close.
+            view.release()
+            self._view = None
+            self._data = None
+            raise
+        self.format = indexer.format
+        self.linktype = indexer.linktype
+        self.nanosecond = indexer.nanosecond
+        self._set_columns(indexer.walker.take())
+        self.truncated_tail = None if missing is None else f"offset {end}: {missing}"
+
+    def _open_view(self) -> memoryview:
+        view = self._view
+        if view is None:
+            raise ValueError("trace is closed")
+        return view
 
     def close(self) -> None:
         """Release the mapping; frames obtained earlier keep it alive until dropped."""
@@ -560,35 +434,6 @@ class Trace:
         )
 
 
-def _ethertype_family(ethertype: int) -> int:
-    if ethertype == _ETHERTYPE_IPV4:
-        return 4
-    if ethertype == _ETHERTYPE_IPV6:
-        return 6
-    return 0
-
-
-def _checked(view: memoryview, start: int, n: int, off: int, family: int) -> tuple[int, int]:
-    # Trust the link header only when the IP version nibble agrees, so a
-    # caller never sees a family for bytes that cannot be that header.
-    if family and off < n and view[start + off] >> 4 == family:
-        return (off, family)
-    return (0, 0)
-
-
-def _ethertype_l3(view: memoryview, start: int, n: int, p: int) -> tuple[int, int]:
-    """Follow an EtherType at ``p`` through any stacked VLAN tags."""
-    while True:
-        if p + 2 > n:
-            return (0, 0)
-        ethertype = _BE16.unpack_from(view, start + p)[0]
-        if ethertype not in _VLAN_TPIDS:
-            break
-        # Skip this TPID and the 2-byte TCI; the next EtherType follows.
-        p += 4
-    return _checked(view, start, n, p + 2, _ethertype_family(ethertype))
-
-
 def open_trace(path: str | os.PathLike[str]) -> Trace:
     """Map ``path`` read-only, detect pcap or pcapng by its magic, and index it."""
     with open(path, "rb") as f:
@@ -601,6 +446,122 @@ def open_trace(path: str | os.PathLike[str]) -> Trace:
         if isinstance(data, mmap.mmap):
             data.close()
         raise
+
+
+# ---------------------------------------------------------------- streaming
+
+
+class TraceChunk(_Packets):
+    """The packets of one chunk of a streamed capture (see :func:`iter_chunks`).
+
+    ``buffer`` holds the chunk's whole records.  It is the stream's reused
+    buffer: it, and frames taken from it, stay valid only until the next
+    chunk is requested; copy what must live longer.  The columns (see
+    :class:`_Packets`) cover this chunk only, with offsets into ``buffer``;
+    ``base`` is the file offset of ``buffer[0]`` and ``first_index`` the
+    index in the whole file of the chunk's first packet.  ``format``,
+    ``linktype`` and ``nanosecond`` are as known so far (a later pcapng IDB
+    may declare a finer interface).  ``truncated_tail`` is set on the last
+    chunk only, as in :class:`Trace`.
+    """
+
+    def __init__(
+        self,
+        buffer: memoryview,
+        base: int,
+        first_index: int,
+        indexer: _Indexer,
+        columns: tuple[array[int], ...],
+        truncated_tail: str | None,
+    ) -> None:
+        self.buffer = buffer
+        self.base = base
+        self.first_index = first_index
+        self.format = indexer.format
+        self.linktype = indexer.linktype
+        self.nanosecond = indexer.nanosecond
+        self.truncated_tail = truncated_tail
+        self._set_columns(columns)
+
+    def _open_view(self) -> memoryview:
+        return self.buffer
+
+    def __repr__(self) -> str:
+        return (
+            f"<TraceChunk {self.format} base={self.base} first_index={self.first_index} "
+            f"count={self.count} truncated_tail={self.truncated_tail!r}>"
+        )
+
+
+def iter_chunks(
+    source: str | os.PathLike[str] | BinaryIO, *, chunk_bytes: int = 64 << 20
+) -> Iterator[TraceChunk]:
+    """Stream a pcap or pcapng file in chunks, in memory bounded whatever its size.
+
+    ``source`` is a path or a binary file object with ``readinto`` (read
+    from its current position, left open).  The file is read with
+    ``readinto`` into one buffer of ``chunk_bytes``, reused for every
+    chunk, so peak memory is about ``chunk_bytes`` plus the columns of one
+    chunk (38 bytes a packet).  A record straddling the end of the buffer
+    is carried into the next chunk.  A single record larger than
+    ``chunk_bytes`` gets a larger buffer for that record only (grown by
+    doubling up to its length, so a damaged length field cannot allocate
+    more than the file holds), and the stream goes back to the first
+    buffer after it.  pcapng sections and interfaces carry across chunks.
+
+    Chunks without packets are not yielded, except the last, which always
+    is: it carries ``truncated_tail`` and lets a caller learn the link type
+    of a file without packets.  Errors are raised, as :class:`TraceError`
+    with the absolute file offset, when the chunk holding them is reached;
+    every packet of the chunks before was yielded.  A file that cannot be
+    opened raises on the first ``next()``.
+    """
+    if chunk_bytes < MIN_CHUNK_BYTES:
+        raise ValueError(f"chunk_bytes {chunk_bytes} is less than {MIN_CHUNK_BYTES}")
+    return _stream(source, chunk_bytes)
+
+
+def _stream(source: str | os.PathLike[str] | BinaryIO, chunk_bytes: int) -> Iterator[TraceChunk]:
+    owned = isinstance(source, (str, bytes, os.PathLike))
+    # Unbuffered: readinto goes straight from the kernel into our buffer.
+    f: BinaryIO = open(source, "rb", buffering=0) if owned else source  # type: ignore[arg-type,assignment]
+    try:
+        indexer = _Indexer()
+        home = memoryview(bytearray(chunk_bytes))
+        buf = home
+        filled = 0  # bytes of the file in buf, from file offset base
+        base = 0
+        first_index = 0
+        eof = False
+        while True:
+            while filled < len(buf) and not eof:
+                n = f.readinto(buf[filled:])
+                eof = not n
+                filled += n or 0
+            end, missing, need = indexer.index(buf[:filled], base, eof)
+            columns = indexer.walker.take()
+            if columns[0] or eof:
+                tail = f"offset {base + end}: {missing}" if eof and missing is not None else None
+                yield TraceChunk(buf[:end], base, first_index, indexer, columns, tail)
+            if eof:
+                return
+            first_index += len(columns[0])
+            # Carry the record cut by the end of the buffer to the front of
+            # the next; only a record that does not fit gets a larger buffer.
+            carry = filled - end
+            size = len(home) if need <= len(home) else min(need, 2 * len(buf))
+            if size != len(buf):
+                nbuf = home if size == len(home) else memoryview(bytearray(size))
+            else:
+                nbuf = buf
+            nbuf[:carry] = buf[end:filled]  # a memmove when nbuf is buf
+            buf, base, filled = nbuf, base + end, carry
+    finally:
+        if owned:
+            f.close()
+
+
+# ---------------------------------------------------------------- writing
 
 
 class TraceWriter:

@@ -19,19 +19,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-try:
-    import ipsp.pcap as pcap
-except ImportError:  # ipsp/__init__ may import an extension that is not built yet
-    import importlib.util
-    import sys
-
-    _src = Path(__file__).resolve().parents[2] / "src" / "ipsp" / "pcap.py"
-    _spec = importlib.util.spec_from_file_location("_ipsp_pcap_under_test", _src)
-    assert _spec is not None and _spec.loader is not None
-    pcap = importlib.util.module_from_spec(_spec)
-    sys.modules[_spec.name] = pcap
-    _spec.loader.exec_module(pcap)
-
+import ipsp.pcap as pcap
+from fastpath import capture
 from scapy.layers.inet import IP, TCP, UDP, ICMP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
@@ -176,6 +165,8 @@ def test_writer_round_trip(tmp_path: Path, nanosecond: bool) -> None:
             assert t.timestamps[i] == (ts if nanosecond else ts - ts % 1000)
         assert [t.offsets.typecode, t.caplens.typecode, t.origlens.typecode] == ["q", "I", "I"]
         assert [t.timestamps.typecode, t.linktypes.typecode] == ["q", "H"]
+        assert [t.l3_offsets.typecode, t.l3_lengths.typecode] == ["q", "I"]
+        assert list(t.l3_offsets) == [-1 if not f or f[0] >> 4 not in (4, 6) else t.offsets[i] for i, f in enumerate(frames)]
 
 
 @pytest.mark.parametrize("nanosecond, magic", [(True, 0xA1B23C4D), (False, 0xA1B2C3D4)])
@@ -606,6 +597,26 @@ def test_pcapng_unknown_interface() -> None:
     assert_offset(exc, len(data) + 28 + 8)
 
 
+def test_pcapng_epb_before_any_interface() -> None:
+    for bo in "<>":
+        with pytest.raises(TraceError) as exc:
+            pcap.Trace(shb(bo) + epb(bo, 0, 0, ETH_V4) + idb(bo, 1))
+        assert_offset(exc, 28 + 8)  # the interface id field
+        assert "interface 0 but the section declares 0" in str(exc.value)
+
+
+@pytest.mark.parametrize("bo", ["<", ">"])
+def test_pcapng_unknown_blocks_are_skipped(bo: str) -> None:
+    # Types the reader does not know, including local-use ones (high bit set, pcapng 10.1),
+    # of various lengths, between and around packets.
+    data = shb(bo) + block(bo, 0x0BAD, b"") + idb(bo, 1) + block(bo, 0x80000001, bytes(37))
+    data += epb(bo, 0, 1, ETH_V4) + block(bo, 4, bytes(8)) + block(bo, 0x7FFFFFFF, bytes(400))
+    data += epb(bo, 0, 2, ETH_V6) + block(bo, 0xFFFFFFFF, b"x")
+    t = pcap.Trace(data)
+    assert (t.count, t.truncated_tail) == (2, None)
+    assert [bytes(t.frame(i)) for i in range(2)] == [ETH_V4, ETH_V6]
+
+
 def test_pcapng_spb_without_interface() -> None:
     with pytest.raises(TraceError) as exc:
         pcap.Trace(shb("<") + spb("<", 4, b"abcd"))
@@ -696,6 +707,63 @@ def test_l3(linktype: int, frame: bytes, expected: tuple[int, int]) -> None:
     off, fam = expected
     if fam:
         assert t.frame(0)[off] >> 4 == fam
+        # the columns give the same IP packet without a call per packet
+        assert (t.l3_offsets[0], t.l3_lengths[0]) == (t.offsets[0] + off, len(frame) - off)
+        assert bytes(t.ip(0)) == frame[off:]
+    else:
+        assert (t.l3_offsets[0], t.l3_lengths[0], t.ip(0)) == (-1, 0, None)
+    assert _ref_l3(frame, linktype) == expected
+
+
+def _ref_l3(f: bytes, lt: int) -> tuple[int, int]:
+    """The reader's l3 rules, written out in Python: an oracle for the C walker."""
+
+    def checked(off: int, fam: int) -> tuple[int, int]:
+        return (off, fam) if fam and off < len(f) and f[off] >> 4 == fam else (0, 0)
+
+    def ethertype_at(p: int) -> tuple[int, int]:
+        while p + 2 <= len(f):
+            et = int.from_bytes(f[p : p + 2], "big")
+            if et not in (0x8100, 0x88A8, 0x9100):
+                return checked(p + 2, {0x0800: 4, 0x86DD: 6}.get(et, 0))
+            p += 4
+        return (0, 0)
+
+    if lt == 1:
+        return ethertype_at(12)
+    if lt == 113:
+        return ethertype_at(14)
+    if lt == 101:
+        return (0, f[0] >> 4) if f and f[0] >> 4 in (4, 6) else (0, 0)
+    if lt in (228, 229):
+        return checked(0, 4 if lt == 228 else 6)
+    if lt == 276:
+        return checked(20, {0x0800: 4, 0x86DD: 6}.get(int.from_bytes(f[:2], "big"), 0)) if len(f) >= 20 else (0, 0)
+    if lt in (0, 108) and len(f) >= 4:
+        af = int.from_bytes(f[:4], "big" if lt == 108 else "little")
+        if lt == 0 and af >> 16 and not af & 0xFFFF:
+            af = int.from_bytes(f[:4], "big")
+        return checked(4, {2: 4, 10: 6, 24: 6, 28: 6, 30: 6}.get(af, 0))
+    return (0, 0)
+
+
+# Frames that start like real link headers, so the random tails reach the IP checks.
+_L3_PREFIXES = [b"", bytes(12) + b"\x08\x00", bytes(12) + b"\x86\xdd", bytes(12) + b"\x81\x00\x00\x01",
+                bytes(12) + b"\x88\xa8\x00\x01\x81\x00\x00\x02", bytes(14) + b"\x08\x00", b"\x86\xdd" + bytes(18),
+                b"\x02\x00\x00\x00", b"\x00\x00\x00\x18", b"\x00\x00\x00\x1e", b"\x0a\x00\x00\x00"]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    linktype=st.sampled_from([0, 1, 101, 108, 113, 228, 229, 276, 147]),
+    prefix=st.sampled_from(_L3_PREFIXES),
+    tail=st.binary(max_size=40),
+)
+def test_l3_matches_reference(linktype: int, prefix: bytes, tail: bytes) -> None:
+    frame = prefix + tail
+    off = capture.l3_offset_of(frame, linktype)
+    ref = _ref_l3(frame, linktype)
+    assert (off, frame[off] >> 4 if off >= 0 else 0) == (ref if ref[1] else (-1, 0))
 
 
 def test_l3_on_pcapng_mixed_link_types() -> None:
@@ -791,6 +859,7 @@ SAMPLES = _samples()
 def _check_invariants(t: pcap.Trace, size: int) -> None:
     n = t.count
     assert len(t.offsets) == len(t.caplens) == len(t.origlens) == len(t.timestamps) == len(t.linktypes) == n
+    assert len(t.l3_offsets) == len(t.l3_lengths) == n
     for i in range(n):
         off, cap = t.offsets[i], t.caplens[i]
         assert 0 <= off <= size
@@ -800,8 +869,11 @@ def _check_invariants(t: pcap.Trace, size: int) -> None:
         assert fam in (0, 4, 6)
         if fam:
             assert 0 <= l3off < cap
+            assert (t.l3_offsets[i], t.l3_lengths[i]) == (off + l3off, cap - l3off)
         else:
             assert l3off == 0
+            assert (t.l3_offsets[i], t.l3_lengths[i]) == (-1, 0)
+        assert (l3off, fam) == _ref_l3(bytes(t.frame(i)), t.linktypes[i])
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
