@@ -244,31 +244,17 @@ def replay_check_batch(SAState sa not None, seqs, status):
     """The read-only replay pre-check (replay_check) of each sequence number in seqs (uint64)
     against the SA's inbound window; status[i] gets OK, REPLAY or TOO_OLD. Returns the
     number that pass."""
-    cdef Py_buffer vs, vst
-    cdef uint32_t n, i, ok = 0
-    cdef const uint64_t *sq
-    cdef uint8_t *st
-    cdef Status s
-    _take_seqs(&vs, &vst, seqs, status, &n)
-    sq = <const uint64_t *>vs.buf
-    st = <uint8_t *>vst.buf
-    try:
-        _lock(sa)
-        for i in range(n):
-            s = replay_check(&sa.c.replay, sq[i])
-            st[i] = s
-            ok += s == Status.OK
-        _unlock(sa)
-    finally:
-        PyBuffer_Release(&vst)
-        PyBuffer_Release(&vs)
-    return ok
+    return _replay_batch(sa, seqs, status, False)
 
 
 def replay_update_batch(SAState sa not None, seqs, status):
     """The authoritative window update (replay_update) for each sequence number in seqs, in
     order: a number already received, or a second copy within seqs, gets REPLAY. Moves the
     SA's window. Returns the number accepted."""
+    return _replay_batch(sa, seqs, status, True)
+
+
+cdef uint32_t _replay_batch(SAState sa, object seqs, object status, bint update) except? 0xffffffff:
     cdef Py_buffer vs, vst
     cdef uint32_t n, i, ok = 0
     cdef const uint64_t *sq
@@ -280,7 +266,7 @@ def replay_update_batch(SAState sa not None, seqs, status):
     try:
         _lock(sa)
         for i in range(n):
-            s = replay_update(&sa.c.replay, sq[i])
+            s = replay_update(&sa.c.replay, sq[i]) if update else replay_check(&sa.c.replay, sq[i])
             st[i] = s
             ok += s == Status.OK
         _unlock(sa)
