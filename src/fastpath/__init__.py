@@ -10,7 +10,7 @@ try:
     from fastpath.status import (
         Status, status_name, status_description, raise_for_status, STATUS_EXCEPTIONS,
         PacketError, MalformedPacket, ReplayError, IntegrityError, NoDataPacket, BufferTooSmall,
-        SequenceExhausted, SAClosedError, CryptoFailure)
+        SequenceExhausted, SAClosedError, CryptoFailure, PacketTooBig)
     from fastpath.crypto import Cipher, Integ, Backend, backends, hmac_digest, openssl_version
     from fastpath.replay import ReplayWindow
     from fastpath.sa import SAState, TUNNEL, TRANSPORT, IP, ESP, DF_COPY_INNER, DF_ALWAYS, DF_NEVER
@@ -35,7 +35,7 @@ def get_include() -> str:
 __all__ = [
     "Status", "status_name", "status_description", "raise_for_status", "STATUS_EXCEPTIONS",
     "PacketError", "MalformedPacket", "ReplayError", "IntegrityError", "NoDataPacket",
-    "BufferTooSmall", "SequenceExhausted", "SAClosedError", "CryptoFailure",
+    "BufferTooSmall", "SequenceExhausted", "SAClosedError", "CryptoFailure", "PacketTooBig",
     "Cipher", "Integ", "Backend", "backends", "hmac_digest", "openssl_version",
     "ReplayWindow", "SAState", "PacketBatch", "TUNNEL", "TRANSPORT", "IP", "ESP",
     "DF_COPY_INNER", "DF_ALWAYS", "DF_NEVER", "get_include",

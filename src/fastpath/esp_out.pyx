@@ -120,6 +120,22 @@ cdef inline Status transport_header(const uint8_t *pkt, uint32_t n, uint16_t *hl
     return Status.BAD_INNER
 
 
+cdef inline bint too_big(const sa_t *sa, const uint8_t *pkt, uint32_t tot, uint16_t df) noexcept nogil:
+    """Whether a packet whose result exceeds the path MTU goes back to the caller (RFC 4301
+    8.2.1) rather than out, to be fragmented by the outer IP layer. IPv4 with DF set: the
+    sender is told (RFC 1191); with DF clear the outer layer fragments, unless the SA wants
+    its inner packets fragmented first (the caller does it). IPv6: only the source may
+    fragment (RFC 8200 4.5), so the sender is told, except for packets of at most the
+    minimum MTU, 1280 bytes, which a tunnel must carry by fragmenting its outer packet
+    (RFC 8200 section 5, RFC 2473 7.1)."""
+    if pkt[0] >> 4 == 4:
+        if sa.mode == MODE_TRANSPORT:
+            # the packet's own header; a transport SA never carries fragments (RFC 4301 7)
+            return (fp_load_be16(pkt + 6) & IPV4_DF) != 0
+        return df != 0 or sa.frag_inner
+    return tot > IPV6_MIN_MTU
+
+
 cdef Status encap_prepare(sa_t *sa, uint8_t *lo, uint8_t *pkt, uint32_t len, uint8_t *hi,
                           crypto_op_t *op, pkt_meta_t *m) noexcept nogil:
     """Lay out one packet in place. pkt[0:len] is the packet to protect; the result may grow
@@ -167,6 +183,17 @@ cdef Status encap_prepare(sa_t *sa, uint8_t *lo, uint8_t *pkt, uint32_t len, uin
         if payload + body + sa.crypto.icv_len > hi:
             return Status.NO_ROOM
     total = <uint32_t>(payload - start) + body + sa.crypto.icv_len
+    if sa.path_mtu and total > sa.path_mtu:
+        if tfc:
+            # RFC 4303 2.7: TFC padding must not take a packet past the path MTU; the padding
+            # that follows it adds at most block - 1 bytes
+            k = sa.path_mtu - (total - tfc - pad)
+            tfc = min(tfc, k - (sa.crypto.block - 1)) if k >= sa.crypto.block - 1 and k <= sa.path_mtu else 0
+            pad = (0u - (plen + tfc + ESP_TRAILER_LEN)) & (sa.crypto.block - 1)
+            body = plen + tfc + pad + ESP_TRAILER_LEN
+            total = <uint32_t>(payload - start) + body + sa.crypto.icv_len
+        if total > sa.path_mtu and too_big(sa, pkt, tot, df):
+            return Status.TOO_BIG
     if total > IPV4_MAX_TOTAL + (IPV6_HDR_LEN if sa.outer_v6 or (sa.mode == MODE_TRANSPORT and pkt[0] >> 4 == 6) else 0):
         return Status.OVERSIZE
     if sa.seq_out >= sa.seq_max:

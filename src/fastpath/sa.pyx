@@ -273,6 +273,46 @@ cdef class SAState:
         cdef uint32_t pad = (0u - (length + ESP_TRAILER_LEN)) & (self.c.crypto.block - 1)
         return self.c.prefix + pad + ESP_TRAILER_LEN + self.c.crypto.icv_len
 
+    def max_inner(self, uint32_t mtu, uint32_t header_len=0):
+        """The longest packet whose encapsulation fits *mtu* bytes (0 if none does): the MTU
+        to announce to inner senders in an ICMP "fragmentation needed" or "packet too big"
+        (RFC 4301 8.2.1). header_len as for overhead() (transport mode)."""
+        cdef uint32_t n
+        if mtu <= self.c.prefix + header_len:
+            return 0
+        # overhead() grows by at most block - 1 as the length shrinks: start just below the
+        # answer and step up while the next length still fits
+        n = mtu - self.overhead(mtu, min(header_len, mtu))
+        while n + 1 + self.overhead(n + 1, min(header_len, n + 1)) <= mtu:
+            n += 1
+        while n and n + self.overhead(n, min(header_len, n)) > mtu:
+            n -= 1
+        return n
+
+    def set_path_mtu(self, uint32_t mtu, *, bint fragment_inner=False):
+        """Encapsulate only what fits *mtu* bytes (0: no limit). An outbound packet whose
+        result would be longer gets TOO_BIG and is left as it came, for the caller to send
+        an ICMP error or fragment it, when it is IPv4 with DF set, IPv6 longer than 1280
+        bytes, or (fragment_inner, tunnel mode) IPv4 with DF clear; any other packet is
+        encapsulated whole and the outer IP layer fragments it. TFC padding is cut to fit."""
+        if mtu and not IPV4_MIN_REASSEMBLY <= mtu <= IPV4_MAX_TOTAL:
+            raise ValueError(f"path MTU must be 0 (none) or {IPV4_MIN_REASSEMBLY}..{IPV4_MAX_TOTAL}, got {mtu}")
+        with nogil:
+            PyThread_acquire_lock(self._lock, WAIT_LOCK)
+        self.c.path_mtu = <uint16_t>mtu
+        self.c.frag_inner = fragment_inner
+        PyThread_release_lock(self._lock)
+
+    @property
+    def path_mtu(self):
+        """The path MTU outbound packets are checked against (0: none)."""
+        return self.c.path_mtu
+
+    @property
+    def fragment_inner(self):
+        """Whether IPv4 packets with DF clear above the path MTU come back TOO_BIG."""
+        return bool(self.c.frag_inner)
+
     def counters(self):
         """Packets, bytes and each status per direction, e.g.
         ``{"out": {"packets": 10, "bytes": 5000, "NO_ROOM": 1, ...}, "in": {...}}``."""

@@ -39,6 +39,8 @@ ctypedef struct sa_t:
     uint16_t dport
     uint16_t outer_len          # bytes of outer[]: IP + UDP (tunnel), UDP only (transport)
     uint16_t prefix             # bytes written before the protected payload (outer + ESP + IV)
+    uint16_t path_mtu           # 0: none; else results above it come back TOO_BIG (esp_out)
+    uint8_t frag_inner          # TOO_BIG also for IPv4 with DF clear: the caller fragments first
     uint32_t ip4_sum            # one's-complement sum of the outer IPv4 template's fixed words
     uint8_t outer[MAX_OUTER_HDR]
     # outbound; own cache lines away from the inbound window, as DPDK keeps them apart

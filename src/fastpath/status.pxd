@@ -36,6 +36,9 @@ cpdef enum Status:
     UNKNOWN_SPI = 26       # inbound ESP for no installed SA (RFC 4303 3.4.2: auditable)
     POLICY_MISMATCH = 27   # the decapsulated packet is outside its SA's selectors (RFC 4301 5.2)
     UNPROTECTED = 28       # arrived in clear but a PROTECT policy covers it (RFC 4301 5.2 step 3a)
+    # path MTU (RFC 4301 8.2, RFC 1191, RFC 8201): left untouched for the caller, which sends
+    # an ICMP "fragmentation needed" / "packet too big" or fragments the inner packet first
+    TOO_BIG = 29           # the result would exceed the SA's path MTU (SAState.set_path_mtu)
 
 cdef enum:
-    N_STATUS = 29
+    N_STATUS = 30

@@ -30,6 +30,7 @@ _DESCRIPTIONS = {
     Status.UNKNOWN_SPI: "no SA for this SPI and destination",
     Status.POLICY_MISMATCH: "inner packet outside the SA's selectors",
     Status.UNPROTECTED: "arrived in clear but policy requires protection",
+    Status.TOO_BIG: "result would exceed the SA's path MTU (send ICMP or fragment the inner packet)",
 }
 
 STATUS_COUNT = N_STATUS
@@ -83,6 +84,10 @@ class CryptoFailure(PacketError):
     """The crypto library failed unexpectedly."""
 
 
+class PacketTooBig(PacketError):
+    """Encapsulated, the packet would exceed the SA's path MTU; it was left as it came."""
+
+
 # One table: every status maps to the exception a single-packet call raises for it.
 STATUS_EXCEPTIONS = {
     Status.TRUNCATED: MalformedPacket,
@@ -113,6 +118,7 @@ STATUS_EXCEPTIONS = {
     Status.UNKNOWN_SPI: MalformedPacket,
     Status.POLICY_MISMATCH: PacketError,
     Status.UNPROTECTED: PacketError,
+    Status.TOO_BIG: PacketTooBig,
 }
 
 

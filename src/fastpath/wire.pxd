@@ -17,6 +17,10 @@ cdef enum:
     UDP_HDR_LEN = 8
     IPV4_MAX_TOTAL = 65535
     IPV6_MAX_PAYLOAD = 65535
+    # RFC 8200 section 5: every IPv6 link carries 1280 bytes; RFC 1122 3.3.3: every IPv4
+    # host reassembles 576
+    IPV6_MIN_MTU = 1280
+    IPV4_MIN_REASSEMBLY = 576
 
 cdef enum:
     # IANA protocol numbers ("next header")

@@ -241,6 +241,16 @@ def _cmd_engine(args: argparse.Namespace) -> int:
     return run_engine(args.config, args.socket)
 
 
+def _cmd_gateway(args: argparse.Namespace) -> int:
+    import logging
+
+    from ipsp.gateway import run_gateway
+
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="%(asctime)s ipsp[%(process)d] %(levelname)s %(message)s")
+    return run_gateway(args.config, args.socket)
+
+
 def _cmd_config_check(args: argparse.Namespace) -> int:
     from ipsp.config import load_config
     from ipsp.control import config_summary
@@ -258,6 +268,12 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
     print(f"{args.file}: OK: {len(cfg.peers)} peers, {len(cfg.policies)} policies, {len(cfg.sas)} SAs")
     print(f"engine: control_socket {e.control_socket or '-'}, rekey_grace {e.rekey_grace:g} s, "
           f"log_interval {e.log_interval:g} s")
+    g = cfg.gateway
+    if g is not None:
+        print(f"gateway: tun {g.tun} (mtu {g.tun_mtu}), address {','.join(map(str, g.address))}, "
+              f"routes {','.join(map(str, g.routes)) or '-'}, outer {g.outer} on {g.local}"
+              f"{f' port {g.udp_port}' if g.outer == 'udp' else ''}, path_mtu {g.path_mtu}, batch {g.batch}, "
+              f"keepalive {g.keepalive:g} s")
     for title, rows, table in (("peers", summary["peers"], _peer_table),
                                ("policies", summary["policies"], _policy_table),
                                ("SAs", summary["sas"], lambda rows: _sa_table(rows, live=False))):
@@ -415,7 +431,29 @@ def _cmd_stats(args: argparse.Namespace) -> int:
                          c.get("packets", 0), c.get("bytes", 0), sa["late_packets"], drops or None])
         print()
         print(_grid(["SPI", "DIR", "DST", "STATE", "REQID", "PACKETS", "BYTES", "LATE", "OTHER"], rows))
+    if stats.get("gateway"):
+        _gateway_tables(stats["gateway"])
     return 0
+
+
+def _gateway_tables(g: dict) -> None:
+    """The "gateway" section of `ipsp stats`: I/O per path, then the gateway's own events."""
+    print(f"\ngateway {g['tun']} <-> {g['outer']} {g['local']}"
+          f"{':' + str(g['udp_port']) if g.get('udp_port') else ''}")
+    print(_grid(["PATH", "PACKETS", "SYSCALLS", "PER SYSCALL", "ERRORS", "DROPPED"],
+                [[name, v["packets"], v["syscalls"], f"{v['packets_per_syscall']:.2f}", v["errors"], v["dropped"]]
+                 for name, v in g["io"].items()]
+                + [[d, g[d]["packets"], g[d]["syscalls"], f"{g[d]['packets_per_syscall']:.2f}", None, None]
+                   for d in ("outbound", "inbound")]))
+    print()
+    for title, group in (("icmp", g["icmp"]), ("fragments", g["fragments"]), ("dropped", g["dropped"]),
+                         ("other", {"keepalives_sent": g["keepalives_sent"], "pmtu_reports": g["pmtu"]["reports"]})):
+        print(f"{title + ':':<11}" + " ".join(f"{k}={v}" for k, v in group.items()))
+    if g["path_mtu"]:
+        print()
+        print(_grid(["SPI", "DST", "PATH MTU", "MAX INNER", "FRAGMENT"],
+                    [[f"{r['spi']:#010x}", r["dst"], r["path_mtu"], r["max_inner"], r["fragment"]]
+                     for r in g["path_mtu"]]))
 
 
 def _cmd_events(args: argparse.Namespace) -> int:
@@ -485,10 +523,18 @@ def _add_control_parsers(sub) -> argparse.ArgumentParser:
     def json_opt(parser) -> None:
         parser.add_argument("--json", action="store_true", help="machine-readable output")
 
-    e = sub.add_parser("engine", help="run an engine with its control socket (no packet I/O yet)")
+    e = sub.add_parser("engine", help="run an engine with its control socket (no packet I/O)")
     e.add_argument("--config", required=True, metavar="FILE", help="the configuration file")
     e.add_argument("--socket", metavar="PATH", help="control socket (default: [engine] control_socket)")
     e.set_defaults(func=_cmd_engine)
+
+    g = sub.add_parser("gateway", help="run a tunnel gateway: a TUN device, the engine and an outer socket",
+                       description="Run the engine as a tunnel gateway: the [gateway] table of the configuration "
+                                   "file names the TUN device, the routes into it and the outer socket (ESP in UDP "
+                                   "or raw ESP); prints 'ipsp gateway: ready' on standard error once it forwards.")
+    g.add_argument("--config", required=True, metavar="FILE", help="configuration file with a [gateway] table")
+    g.add_argument("--socket", metavar="PATH", help="control socket (default: [engine] control_socket)")
+    g.set_defaults(func=_cmd_gateway)
 
     c = sub.add_parser("config", help="configuration files").add_subparsers(dest="config_command", required=True)
     cc = c.add_parser("check", help="load and validate a configuration file, print what it defines")
@@ -580,7 +626,7 @@ def _add_control_parsers(sub) -> argparse.ArgumentParser:
     rl.add_argument("file", nargs="?", metavar="FILE")
     rl.set_defaults(func=_cmd_reload)
 
-    for parser in (e, cc, *sa.choices.values(), *pol.choices.values(), st, ev, rl):
+    for parser in (e, g, cc, *sa.choices.values(), *pol.choices.values(), st, ev, rl):
         parser.set_defaults(error_status=1)
     return add
 

@@ -18,7 +18,7 @@ import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -30,7 +30,7 @@ from ipsp.sad import Lifetime, Lifetimes
 from ipsp.spd import ANY, Action, Direction, Policy, PolicySelector
 
 __all__ = ["load_sa_file", "sas_from_document", "load_config", "config_from_document",
-           "Config", "EngineSettings", "ManualSA"]
+           "Config", "EngineSettings", "GatewaySettings", "ManualSA"]
 
 
 def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -101,6 +101,26 @@ class EngineSettings:
 
 
 @dataclass(frozen=True)
+class GatewaySettings:
+    """``[gateway]``: what ``ipsp gateway`` needs beyond the engine (docs/configuration.md)."""
+
+    address: tuple[IPv4Address | IPv6Address, ...]   # inner-side source of ICMP errors, one per family
+    local: IPv4Address | IPv6Address                 # outer address: bound, and the SAs' local end
+    tun: str = "ipsp0"
+    routes: tuple[IPv4Network | IPv6Network, ...] = ()
+    tun_mtu: int = 1500
+    outer: str = "udp"                # "udp" (ESP in UDP, RFC 3948) or "esp" (IP protocol 50)
+    udp_port: int = 4500
+    path_mtu: int = 1500              # initial outer path MTU toward every peer
+    batch: int = 256                  # packets per read burst and engine call
+    keepalive: float = 20.0           # NAT keepalive interval (RFC 3948 2.3), 0: off
+
+    def source_for(self, version: int) -> IPv4Address | IPv6Address | None:
+        """The inner-side address of that IP version (the source of ICMP errors), if any."""
+        return next((a for a in self.address if a.version == version), None)
+
+
+@dataclass(frozen=True)
 class Config:
     path: str | None
     engine: EngineSettings
@@ -108,10 +128,12 @@ class Config:
     peers: tuple[Peer, ...]
     policies: tuple[Policy, ...]
     sas: tuple[ManualSA, ...]
+    gateway: GatewaySettings | None = None                         # [gateway], for ipsp gateway
 
 
-_TOP = {"allow_insecure", "engine", "defaults", "peer", "policy", "sa"}
+_TOP = {"allow_insecure", "engine", "defaults", "peer", "policy", "sa", "gateway"}
 _ENGINE = {"rekey_grace", "control_socket", "log_interval"}
+_GATEWAY = {"tun", "address", "routes", "tun_mtu", "outer", "local", "udp_port", "path_mtu", "batch", "keepalive"}
 _PEER = {"name", "id", "auth", "psk", "ca", "addresses", "allowed"}
 _POLICY = {"direction", "action", "src", "dst", "proto", "sport", "dport", "icmp_type", "icmp_code",
            "priority", "reqid", "label"}
@@ -156,9 +178,11 @@ def _config(doc: Mapping[str, Any], path: str | None, env: Mapping[str, str]) ->
     _unique_peers(peers)
     policies = [_policy(t, f"policy[{i}]") for i, t in enumerate(_tables(doc, "policy"))]
     sas: list[ManualSA] = []
+    where_sa: list[tuple[str, ManualSA]] = []
     seen: dict[tuple, str] = {}
     for i, t in enumerate(_tables(doc, "sa")):
         for where, msa in _sa(t, f"sa[{i}]", defaults, allow, env):
+            where_sa.append((f"sa[{i}]", msa))
             gs = msa.group_source
             lookup = (msa.direction, msa.config.spi, msa.config.dst, gs)   # the SAD's key (RFC 4301 4.1)
             if lookup in seen:
@@ -168,7 +192,11 @@ def _config(doc: Mapping[str, Any], path: str | None, env: Mapping[str, str]) ->
                                   key=where if "senders" in where else f"{where}.spi")
             seen[lookup] = where
             sas.append(msa)
-    return Config(path, engine, _freeze(defaults), tuple(peers), tuple(policies), tuple(sas))
+    gateway = None
+    if "gateway" in doc:
+        gateway = _gateway(_table(doc["gateway"], "gateway"))
+        _gateway_fits(gateway, where_sa)
+    return Config(path, engine, _freeze(defaults), tuple(peers), tuple(policies), tuple(sas), gateway)
 
 
 # -- small checks ---------------------------------------------------------------------------
@@ -266,6 +294,90 @@ def _engine(t: dict[str, Any]) -> EngineSettings:
     if "control_socket" in t:
         kw["control_socket"] = _str(t["control_socket"], "engine.control_socket")
     return EngineSettings(**kw)
+
+
+# -- [gateway] ------------------------------------------------------------------------------
+
+_OUTER = ("udp", "esp")
+_MIN_MTU = {4: 576, 6: 1280}     # RFC 1122 3.3.3 (what every IPv4 host reassembles), RFC 8200 5
+_IFNAMSIZ = 16
+
+
+def _gateway(t: dict[str, Any]) -> GatewaySettings:
+    _no_unknown(t, _GATEWAY, "gateway")
+    for required in ("local", "address"):
+        if required not in t:
+            raise ConfigError(f"missing required key {required!r}", key="gateway")
+    kw: dict[str, Any] = {}
+    if "tun" in t:
+        name = _str(t["tun"], "gateway.tun")
+        if len(name) >= _IFNAMSIZ or name in (".", "..") or any(c in name for c in "/: \t\n\0"):
+            raise ConfigError(f"not a network interface name (at most {_IFNAMSIZ - 1} characters, no '/', ':' "
+                              f"or spaces): {name!r}", key="gateway.tun")
+        kw["tun"] = name
+    local = _address(t["local"], "gateway.local")
+    if local.is_unspecified or local.is_multicast or local.is_loopback:
+        raise ConfigError(f"must be a unicast address of this host (the outer packets' source), got {local}",
+                          key="gateway.local")
+    kw["local"] = local
+    addresses = t["address"] if isinstance(t["address"], list) else [t["address"]]
+    if not addresses:
+        raise ConfigError("give the gateway's inner-side address (the source of the ICMP errors it sends)",
+                          key="gateway.address")
+    by_version: dict[int, IPv4Address | IPv6Address] = {}
+    for j, value in enumerate(addresses):
+        where = f"gateway.address[{j}]" if isinstance(t["address"], list) else "gateway.address"
+        a = _address(value, where)
+        if a.is_unspecified or a.is_multicast:
+            raise ConfigError(f"must be a unicast address, got {a}", key=where)
+        if a.version in by_version:
+            raise ConfigError(f"a second IPv{a.version} address: one per IP version", key=where)
+        by_version[a.version] = a
+    kw["address"] = tuple(by_version.values())
+    routes = _list(t.get("routes", []), "gateway.routes")
+    kw["routes"] = tuple(_prefix(v, f"gateway.routes[{j}]") for j, v in enumerate(routes))
+    for j, net in enumerate(kw["routes"]):
+        if local in net:
+            # the gateway's own outer packets would be routed into its tunnel
+            raise ConfigError(f"{net} covers the gateway's outer address {local}", key=f"gateway.routes[{j}]")
+        if net in kw["routes"][:j]:
+            raise ConfigError(f"{net} is listed twice", key=f"gateway.routes[{j}]")
+    kw["outer"] = _choice(t.get("outer", "udp"), _OUTER, "gateway.outer")
+    kw["udp_port"] = _integer(t.get("udp_port", 4500), "gateway.udp_port", 1, 65535)
+    floor = _MIN_MTU[local.version]
+    kw["path_mtu"] = _integer(t.get("path_mtu", 1500), "gateway.path_mtu", floor, 65535)
+    low = 1280 if any(n.version == 6 for n in kw["routes"]) else 68      # RFC 8200 5, RFC 791
+    kw["tun_mtu"] = _integer(t.get("tun_mtu", 1500), "gateway.tun_mtu", low, 65535)
+    kw["batch"] = _integer(t.get("batch", 256), "gateway.batch", 1, 1024)      # recvmmsg: UIO_MAXIOV
+    if "keepalive" in t:
+        kw["keepalive"] = _seconds(t["keepalive"], "gateway.keepalive", positive=False)
+    return GatewaySettings(**kw)
+
+
+def _gateway_fits(gw: GatewaySettings, sas: list[tuple[str, ManualSA]]) -> None:
+    """The file's SAs must be usable through the gateway's one outer socket: its address
+    at their local end, its encapsulation, its UDP port; and no route may send a peer's
+    ESP into the tunnel."""
+    udp = gw.outer == "udp"
+    for key, m in sas:
+        c = m.config
+        if c.udp != udp:
+            raise ConfigError(f"gateway.outer is {gw.outer!r}: SAs need " + ("encap = 'udp'" if udp else "no encap"),
+                              key=f"{key}.encap")
+        if c.mode != "tunnel":
+            continue           # transport: the packet's own addresses, whatever they are
+        mine, peer, name = (c.src, c.dst, "src") if m.direction == "out" else (c.dst, c.src, "dst")
+        if mine != gw.local and not mine.is_multicast:
+            raise ConfigError(f"{m.direction}bound SA's {name} must be the gateway's local address {gw.local}, "
+                              f"got {mine}", key=f"{key}.{name}")
+        for j, net in enumerate(gw.routes):
+            if peer.version == net.version and peer in net:
+                raise ConfigError(f"{net} covers the peer {peer} of {key}: its ESP would be routed into the tunnel",
+                                  key=f"gateway.routes[{j}]")
+        if udp:
+            port, pname = (c.sport, "sport") if m.direction == "out" else (c.dport, "dport")
+            if port != gw.udp_port:
+                raise ConfigError(f"must be the gateway's udp_port {gw.udp_port}, got {port}", key=f"{key}.{pname}")
 
 
 # -- lifetimes (RFC 4301 4.4.2.1) -----------------------------------------------------------

@@ -35,7 +35,7 @@ from ipsp.errors import ConfigError, IpsecError
 from ipsp.spd import ANY, Policy
 
 __all__ = ["ControlServer", "ControlClient", "ControlError", "MAX_LINE", "plain", "policy_row",
-           "manual_sa_row", "peer_row", "run_engine"]
+           "manual_sa_row", "peer_row", "run_engine", "serve", "SIGNALS"]
 
 log = logging.getLogger("ipsp.control")
 
@@ -83,7 +83,7 @@ def manual_sa_row(m: ManualSA) -> dict:
     c = m.config
     return {"spi": c.spi, "direction": m.direction, "src": str(c.src), "dst": str(c.dst),
             "group_source": None if m.group_source is None else str(m.group_source),
-            "proposal": c.transform.name, "mode": c.mode, "encap": "udp" if c.udp else None,
+            "proposal": c.transform.name, "mode": c.mode, "encap": "udp" if c.udp else None, "fragment": c.fragment,
             "reqid": m.reqid, "label": m.label, "lifetimes": plain(m.lifetimes)}
 
 
@@ -94,7 +94,8 @@ def peer_row(p) -> dict:
 
 def config_summary(cfg: Config) -> dict:
     return {"path": cfg.path, "engine": plain(cfg.engine), "peers": [peer_row(p) for p in cfg.peers],
-            "policies": [policy_row(p) for p in cfg.policies], "sas": [manual_sa_row(m) for m in cfg.sas]}
+            "policies": [policy_row(p) for p in cfg.policies], "sas": [manual_sa_row(m) for m in cfg.sas],
+            "gateway": plain(cfg.gateway)}
 
 
 # -- requests -----------------------------------------------------------------------------------
@@ -331,7 +332,7 @@ class ControlServer:
         if path is None:
             raise ConfigError("no configuration file: the server was started without one; give a path")
         cfg = load_config(path)
-        self.engine.apply_config(cfg)
+        self.apply(cfg)
         # the socket itself stays where it is
         if cfg.engine.control_socket and os.path.abspath(cfg.engine.control_socket) != os.path.abspath(self.path):
             log.warning("control_socket changed to %s: it takes effect on restart", cfg.engine.control_socket)
@@ -339,6 +340,10 @@ class ControlServer:
                    "sas": len(cfg.sas)}
         log.info("loaded %(path)s: %(peers)d peers, %(policies)d policies, %(sas)d SAs", summary)
         return summary
+
+    def apply(self, cfg: Config) -> None:
+        """Install a loaded configuration, all or nothing (a subclass adds its own part)."""
+        self.engine.apply_config(cfg)
 
 
 def _address(value: str, name: str):
@@ -462,7 +467,7 @@ def run_engine(config_path: str, socket_path: str | None = None) -> int:
         return 2
     # the signals are blocked here, before the server's threads exist (they inherit the mask),
     # and taken synchronously by the main loop: no handler ever interrupts a tick or a reload
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     engine = Engine(rekey_grace=cfg.engine.rekey_grace, log_interval=cfg.engine.log_interval)
     server = ControlServer(engine, socket_path, config_path=config_path)
     try:
@@ -474,7 +479,7 @@ def run_engine(config_path: str, socket_path: str | None = None) -> int:
             return 1
         log.info("engine running: %d peers, %d policies, %d SAs from %s (pid %d)",
                  len(cfg.peers), len(cfg.policies), len(cfg.sas), config_path, os.getpid())
-        _serve(engine, server)
+        serve(engine, server)
         return 0
     finally:
         server.close()
@@ -483,14 +488,17 @@ def run_engine(config_path: str, socket_path: str | None = None) -> int:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
-_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
-def _serve(engine, server: ControlServer) -> None:
+def serve(engine, server: ControlServer, on_tick: Callable[[], None] | None = None) -> None:
+    """The main loop of ``ipsp engine`` and ``ipsp gateway``, with SIGTERM, SIGINT and
+    SIGHUP blocked in every thread: reload on SIGHUP, return on SIGTERM or SIGINT, and every
+    second engine.tick(), then *on_tick*, then the new events into the log."""
     last_event = 0
     next_tick = time.monotonic() + 1.0
     while True:
-        info = signal.sigtimedwait(_SIGNALS, max(0.0, next_tick - time.monotonic()))
+        info = signal.sigtimedwait(SIGNALS, max(0.0, next_tick - time.monotonic()))
         if info is not None and info.si_signo != signal.SIGHUP:
             log.info("stopping on %s", signal.Signals(info.si_signo).name)
             return
@@ -503,6 +511,8 @@ def _serve(engine, server: ControlServer) -> None:
             next_tick = time.monotonic() + 1.0
             try:
                 engine.tick()
+                if on_tick is not None:
+                    on_tick()
             except Exception:
                 log.exception("tick failed")
             for event in engine.events(last_event):      # expiries, acquires, mappings

@@ -46,7 +46,8 @@ log = logging.getLogger("ipsp.engine")
 
 _ANY_PORTS = (0, 65535)
 # statuses that are outcomes, not drops: never logged as problems
-_NOT_DROPS = {"packets", "bytes", "BYPASS", "NAT_KEEPALIVE", "DUMMY"}
+# (TOO_BIG: the forwarder answers it with an ICMP error or fragments, and counts that)
+_NOT_DROPS = {"packets", "bytes", "BYPASS", "NAT_KEEPALIVE", "DUMMY", "TOO_BIG"}
 
 
 def selector_rule(sel: PolicySelector) -> tuple:
@@ -202,6 +203,12 @@ class Engine:
                         self._retired[direction].update({k: v for k, v in counts.items() if v})
             self._in_tables = current
             self._core.load(tables)
+
+    def slot_sas(self) -> tuple[SecurityAssociation, ...]:
+        """The SAs of the tables batches run on now, by slot: what ``slots=`` of outbound and
+        inbound holds indexes this. A new tuple after every change, so ``is`` on the tuples
+        taken before and after a batch tells whether its slots still name the same SAs."""
+        return self._core.tables.context.sas
 
     @staticmethod
     def _rank(sa: SecurityAssociation) -> tuple:

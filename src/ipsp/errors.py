@@ -3,7 +3,7 @@
 
 from fastpath.status import (  # noqa: F401  (re-exported)
     STATUS_EXCEPTIONS, BufferTooSmall, CryptoFailure, IntegrityError, MalformedPacket,
-    NoDataPacket, PacketError, ReplayError, SAClosedError, SequenceExhausted)
+    NoDataPacket, PacketError, PacketTooBig, ReplayError, SAClosedError, SequenceExhausted)
 
 
 class IpsecError(Exception):

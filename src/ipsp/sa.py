@@ -27,6 +27,11 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _BACKENDS = {"auto": Backend.BACKEND_AUTO, "openssl": Backend.BACKEND_OPENSSL,
              "ipsecmb": Backend.BACKEND_IPSECMB}
 _DF = {"copy": fastpath.DF_COPY_INNER, "set": fastpath.DF_ALWAYS, "clear": fastpath.DF_NEVER}
+# IPv4 packets with DF clear that do not fit the path MTU once encapsulated: "outer" sends
+# them whole and the outer IP layer fragments the ESP packet; "inner" fragments the inner
+# packet first (RFC 791 3.2) and encapsulates each fragment, so no outer fragments reach
+# the peer (RFC 4459 section 3 weighs the two)
+_FRAGMENT = ("outer", "inner")
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,8 @@ class SAConfig:
     backend: str = "auto"
     match: Selector | None = None
     allow_insecure: bool = False
+    fragment: str = "outer"      # a forwarder's choice for IPv4 DF clear above the path MTU
+
 
     def __post_init__(self) -> None:
         t = self.transform
@@ -108,6 +115,11 @@ class SAConfig:
             raise ConfigError("dscp must be 0..63", key="dscp")
         if not 1 <= self.ttl <= 255:
             raise ConfigError("ttl must be 1..255", key="ttl")
+        if self.fragment not in _FRAGMENT:
+            raise ConfigError(f"fragment must be one of {', '.join(_FRAGMENT)}, got {self.fragment!r}", key="fragment")
+        if self.fragment == "inner" and self.mode != "tunnel":
+            raise ConfigError("fragment = 'inner' needs tunnel mode (a transport SA carries no fragments, RFC 4301 7)",
+                              key="fragment")
 
     def make_state(self) -> fastpath.SAState:
         """Build the kernel state for this SA (a new one each call: each owns its counters)."""
@@ -220,7 +232,7 @@ def sa_from_mapping(entry: Mapping[str, Any], *, key: str = "sa", allow_insecure
         raise ConfigError(f"encap must be 'udp' or absent, got {encap!r}", key=f"{key}.encap")
     kw["udp"] = encap == "udp"
     for name, kind in (("mode", str), ("esn", bool), ("implicit_iv", bool), ("df", str),
-                       ("backend", str), ("allow_insecure", bool)):
+                       ("backend", str), ("allow_insecure", bool), ("fragment", str)):
         if name in entry:
             if not isinstance(entry[name], kind):
                 raise ConfigError(f"expected a {kind.__name__}, got {entry[name]!r}", key=f"{key}.{name}")

@@ -7,6 +7,7 @@ batch call gives.
 
 import importlib.util
 import os
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -101,3 +102,43 @@ def test_closed_sa_marks_packets_dead(forwarder):
     status = bytearray(2)
     ok = forwarder.run(sa, buf, array("q", [64, 320]), array("I", [20, 20]), status, 256)
     assert ok == 0 and list(status) == [Status.SA_DEAD, Status.SA_DEAD]
+
+
+EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "examples" / "cforward.pyx"
+
+
+@pytest.fixture(scope="module")
+def cforward(tmp_path_factory):
+    """examples/cforward.pyx (docs/embedding.md), built the way its docstring says."""
+    pytest.importorskip("Cython")
+    if not EXAMPLE.exists():
+        pytest.skip("examples/ is not part of this installation")
+    d = tmp_path_factory.mktemp("cforward")
+    (d / "cforward.pyx").write_text(EXAMPLE.read_text())
+    (d / "setup.py").write_text(SETUP.replace("forwarder", "cforward"))
+    site = os.path.dirname(os.path.dirname(fastpath.__file__))
+    env = {**os.environ, "PYTHONWARNINGS": "ignore",
+           "PYTHONPATH": os.pathsep.join(filter(None, [site, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=d,
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    so = next(p for p in d.iterdir() if p.name.startswith("cforward") and p.suffix == ".so")
+    spec = importlib.util.spec_from_file_location("cforward", so)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_embedding_example_carries_a_burst_through_a_tunnel(cforward):
+    inner = bytes.fromhex("4500002c000100004011f0cb0a0000010a000002") + bytes(24)
+    stride, n = 256, 5
+    buf = bytearray(stride * n)
+    off = array("q", [i * stride + 96 for i in range(n)])
+    lens = array("I", [len(inner)] * n)
+    lens[3] = 10                                   # not an IP packet: BAD_INNER, never decapsulated
+    for i in range(n):
+        buf[off[i]:off[i] + len(inner)] = inner
+    status = bytearray(n)
+    assert cforward.run(_sa(), _sa(), buf, off, lens, status, stride) == n - 1
+    assert [Status(s) for s in status] == [Status.OK] * 3 + [Status.BAD_INNER, Status.OK]
+    assert all(bytes(buf[off[i]:off[i] + lens[i]]) == inner for i in (0, 1, 2, 4))
