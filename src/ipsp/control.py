@@ -451,11 +451,9 @@ class ControlClient:
 
 # -- ipsp engine --------------------------------------------------------------------------------
 
-def run_engine(config_path: str, socket_path: str | None = None) -> int:
-    """``ipsp engine``: apply the configuration, serve the control socket, tick every second;
-    SIGHUP reloads, SIGTERM and SIGINT stop (keys wiped). Returns the exit status."""
-    from ipsp.engine import Engine
-
+def load_for_serving(config_path: str, socket_path: str | None) -> tuple[Config, str] | int:
+    """The configuration and control socket path of ``ipsp engine`` and ``ipsp gateway``, or
+    the exit status when there are none (1: a bad file; 2: no socket given anywhere)."""
     try:
         cfg = load_config(config_path)
     except ConfigError as exc:
@@ -465,6 +463,18 @@ def run_engine(config_path: str, socket_path: str | None = None) -> int:
     if not socket_path:
         log.error("no control socket: give --socket or set control_socket in [engine] of %s", config_path)
         return 2
+    return cfg, socket_path
+
+
+def run_engine(config_path: str, socket_path: str | None = None) -> int:
+    """``ipsp engine``: apply the configuration, serve the control socket, tick every second;
+    SIGHUP reloads, SIGTERM and SIGINT stop (keys wiped). Returns the exit status."""
+    from ipsp.engine import Engine
+
+    loaded = load_for_serving(config_path, socket_path)
+    if isinstance(loaded, int):
+        return loaded
+    cfg, socket_path = loaded
     # the signals are blocked here, before the server's threads exist (they inherit the mask),
     # and taken synchronously by the main loop: no handler ever interrupts a tick or a reload
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)

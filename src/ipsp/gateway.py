@@ -38,8 +38,8 @@ import time
 from fastpath import TUNNEL, Status, netio
 
 from ipsp import netdev
-from ipsp.config import Config, GatewaySettings, load_config
-from ipsp.control import ControlError, ControlServer, SIGNALS, serve
+from ipsp.config import Config, GatewaySettings
+from ipsp.control import ControlError, ControlServer, SIGNALS, load_for_serving, serve
 from ipsp.engine import Engine
 from ipsp.errors import ConfigError
 from ipsp.pmtu import PathMTU, RateLimit, frag_needed, fragment4, packet_too_big, parse_frag_needed
@@ -523,18 +523,13 @@ class GatewayControl(ControlServer):
 
 def run_gateway(config_path: str, socket_path: str | None = None) -> int:
     """``ipsp gateway``: returns the exit status (0 after SIGTERM or SIGINT)."""
-    try:
-        cfg = load_config(config_path)
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return 1
+    loaded = load_for_serving(config_path, socket_path)
+    if isinstance(loaded, int):
+        return loaded
+    cfg, socket_path = loaded
     if cfg.gateway is None:
         log.error("%s: no [gateway] table (docs/configuration.md)", config_path)
         return 1
-    socket_path = socket_path or cfg.engine.control_socket
-    if not socket_path:
-        log.error("no control socket: give --socket or set control_socket in [engine] of %s", config_path)
-        return 2
     # blocked before any thread exists (they inherit the mask); serve() takes them in turn
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     engine = Engine(rekey_grace=cfg.engine.rekey_grace, log_interval=cfg.engine.log_interval)

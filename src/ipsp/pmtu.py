@@ -29,6 +29,8 @@ import threading
 import time
 from typing import Callable
 
+from ipsp.gen import internet_checksum
+
 __all__ = ["PathMTU", "RateLimit", "frag_needed", "packet_too_big", "fragment4", "parse_frag_needed",
            "MIN_MTU", "PMTU_AGE"]
 
@@ -40,16 +42,6 @@ _IPV4_ICMP_ERRORS = {3, 4, 5, 11, 12}     # RFC 792; RFC 1122 3.2.2: never an er
 _IPV6_EXT = {0, 43, 60}                   # hop-by-hop, routing, destination options
 _PREC_INTERNETWORK_CONTROL = 0xC0         # RFC 1812 4.3.2.5: precedence 6 for ICMP errors
 _ids = itertools.count(int.from_bytes(os.urandom(2), "big"))
-
-
-def _checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071)."""
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 # -- the estimates -------------------------------------------------------------------------------
@@ -157,10 +149,10 @@ def frag_needed(packet: bytes, mtu: int, source: ipaddress.IPv4Address) -> bytes
         return None
     quote = packet[:ICMP_QUOTE_LIMIT - 28]
     icmp = bytearray(struct.pack("!BBHHH", 3, 4, 0, 0, max(68, min(mtu, 0xFFFF))) + quote)   # RFC 791: >= 68
-    struct.pack_into("!H", icmp, 2, _checksum(bytes(icmp)))
+    struct.pack_into("!H", icmp, 2, internet_checksum(bytes(icmp)))
     header = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, _PREC_INTERNETWORK_CONTROL, 20 + len(icmp),
                                    next(_ids) & 0xFFFF, 0, 64, 1, 0, source.packed, src.packed))
-    struct.pack_into("!H", header, 10, _checksum(bytes(header)))
+    struct.pack_into("!H", header, 10, internet_checksum(bytes(header)))
     return bytes(header + icmp)
 
 
@@ -187,7 +179,7 @@ def packet_too_big(packet: bytes, mtu: int, source: ipaddress.IPv6Address) -> by
     may answer a packet to a multicast group (2.4 e.2)."""
     if len(packet) < 40 or packet[0] >> 4 != 6:
         return None
-    src, dst = ipaddress.IPv6Address(packet[8:24]), ipaddress.IPv6Address(packet[24:40])
+    src = ipaddress.IPv6Address(packet[8:24])
     if not _one_host(src):
         return None
     kind = _icmpv6_type(packet)
@@ -196,7 +188,7 @@ def packet_too_big(packet: bytes, mtu: int, source: ipaddress.IPv6Address) -> by
     quote = packet[:ICMPV6_QUOTE_LIMIT - 48]
     icmp = bytearray(struct.pack("!BBHI", 2, 0, 0, max(1280, mtu)) + quote)
     pseudo = source.packed + src.packed + struct.pack("!I3xB", len(icmp), 58)   # RFC 8200 8.1
-    struct.pack_into("!H", icmp, 2, _checksum(pseudo + bytes(icmp)))
+    struct.pack_into("!H", icmp, 2, internet_checksum(pseudo + bytes(icmp)))
     header = struct.pack("!IHBB16s16s", 6 << 28, len(icmp), 58, 64, source.packed, src.packed)
     return header + bytes(icmp)
 
@@ -256,7 +248,7 @@ def fragment4(packet: bytes, mtu: int) -> list[bytes]:
         struct.pack_into("!HHH", header, 2, len(header) + len(chunk), struct.unpack_from("!H", packet, 4)[0],
                          (0 if last and not more else 0x2000) | (offset + pos // 8))
         struct.pack_into("!H", header, 10, 0)
-        struct.pack_into("!H", header, 10, _checksum(bytes(header)))
+        struct.pack_into("!H", header, 10, internet_checksum(bytes(header)))
         fragments.append(bytes(header) + chunk)
         pos += len(chunk)
     return fragments

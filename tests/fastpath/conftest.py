@@ -7,7 +7,6 @@ module by name; this conftest (always imported before the modules next to it) lo
 
 import importlib.util
 import sys
-import warnings
 from pathlib import Path
 
 import pytest

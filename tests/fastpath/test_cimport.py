@@ -48,21 +48,7 @@ SETUP = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def forwarder(tmp_path_factory):
     pytest.importorskip("Cython")
-    d = tmp_path_factory.mktemp("forwarder")
-    (d / "forwarder.pyx").write_text(FORWARDER)
-    (d / "setup.py").write_text(SETUP)
-    # the build must find the same fastpath this test imported (installed or in a source tree)
-    site = os.path.dirname(os.path.dirname(fastpath.__file__))
-    env = {**os.environ, "PYTHONWARNINGS": "ignore",
-           "PYTHONPATH": os.pathsep.join(filter(None, [site, os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=d,
-                          capture_output=True, text=True, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    so = next(p for p in d.iterdir() if p.name.startswith("forwarder") and p.suffix == ".so")
-    spec = importlib.util.spec_from_file_location("forwarder", so)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return _build(tmp_path_factory, "forwarder", FORWARDER)
 
 
 def _sa():
@@ -113,20 +99,7 @@ def cforward(tmp_path_factory):
     pytest.importorskip("Cython")
     if not EXAMPLE.exists():
         pytest.skip("examples/ is not part of this installation")
-    d = tmp_path_factory.mktemp("cforward")
-    (d / "cforward.pyx").write_text(EXAMPLE.read_text())
-    (d / "setup.py").write_text(SETUP.replace("forwarder", "cforward"))
-    site = os.path.dirname(os.path.dirname(fastpath.__file__))
-    env = {**os.environ, "PYTHONWARNINGS": "ignore",
-           "PYTHONPATH": os.pathsep.join(filter(None, [site, os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=d,
-                          capture_output=True, text=True, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    so = next(p for p in d.iterdir() if p.name.startswith("cforward") and p.suffix == ".so")
-    spec = importlib.util.spec_from_file_location("cforward", so)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return _build(tmp_path_factory, "cforward", EXAMPLE.read_text())
 
 
 def test_the_embedding_example_carries_a_burst_through_a_tunnel(cforward):
@@ -142,3 +115,22 @@ def test_the_embedding_example_carries_a_burst_through_a_tunnel(cforward):
     assert cforward.run(_sa(), _sa(), buf, off, lens, status, stride) == n - 1
     assert [Status(s) for s in status] == [Status.OK] * 3 + [Status.BAD_INNER, Status.OK]
     assert all(bytes(buf[off[i]:off[i] + lens[i]]) == inner for i in (0, 1, 2, 4))
+
+
+def _build(tmp_path_factory, name, source):
+    """Compile a Cython module that cimports fastpath, as a user would, and import it."""
+    d = tmp_path_factory.mktemp(name)
+    (d / f"{name}.pyx").write_text(source)
+    (d / "setup.py").write_text(SETUP.replace("forwarder", name))
+    # the build must find the same fastpath this test imported (installed or in a source tree)
+    site = os.path.dirname(os.path.dirname(fastpath.__file__))
+    env = {**os.environ, "PYTHONWARNINGS": "ignore",
+           "PYTHONPATH": os.pathsep.join(filter(None, [site, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=d,
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    so = next(p for p in d.iterdir() if p.name.startswith(name) and p.suffix == ".so")
+    spec = importlib.util.spec_from_file_location(name, so)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -10,7 +10,7 @@ import struct
 
 import pytest
 from scapy.layers.inet import IP, UDP
-from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting, in6_chksum
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop, in6_chksum
 from scapy.layers.ipsec import ESP
 from scapy.packet import raw
 
