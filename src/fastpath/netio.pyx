@@ -29,7 +29,7 @@ from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 
 from fastpath._include.compat cimport fp_load_be16, fp_load_be32, fp_store_be16, fp_ipv4_csum, fp_atomic_add
-from fastpath.sa cimport acquire_array
+from fastpath.sa cimport acquire_array, batch_bufs_t, batch_take, batch_release
 from fastpath.wire cimport *
 
 import os as _os
@@ -209,43 +209,7 @@ cdef inline void _count(IOStats s, int path, uint64_t packets, uint64_t calls, u
 
 # -- arenas ------------------------------------------------------------------------------------
 
-cdef struct arena_t:
-    Py_buffer views[3]
-    int held
-    uint8_t *data
-    Py_ssize_t size
-    int64_t *off
-    uint32_t *lens
-    Py_ssize_t n
-
-
-cdef int _take(arena_t *a, object buf, object offsets, object lengths) except -1:
-    a.held = 0
-    try:
-        acquire_array(buf, &a.views[0], 1, b"Bbc", "buf")
-        a.held = 1
-        acquire_array(offsets, &a.views[1], 8, b"qln", "offsets")
-        a.held = 2
-        acquire_array(lengths, &a.views[2], 4, b"IL", "lengths")
-        a.held = 3
-    except BaseException:
-        _release(a)
-        raise
-    a.data = <uint8_t *>a.views[0].buf
-    a.size = a.views[0].len
-    a.off = <int64_t *>a.views[1].buf
-    a.lens = <uint32_t *>a.views[2].buf
-    a.n = min(a.views[1].len // 8, a.views[2].len // 4)
-    return 0
-
-
-cdef void _release(arena_t *a) noexcept:
-    while a.held:
-        a.held -= 1
-        PyBuffer_Release(&a.views[a.held])
-
-
-cdef int _check_slots(arena_t *a, Py_ssize_t stride, Py_ssize_t headroom, Py_ssize_t max_n,
+cdef int _check_slots(batch_bufs_t *a, Py_ssize_t stride, Py_ssize_t headroom, Py_ssize_t max_n,
                       Py_ssize_t extra) except -1:
     if stride <= 0 or headroom < 0 or max_n < 0:
         raise ValueError(f"stride must be positive, headroom and max_n not negative (got {stride}, {headroom}, {max_n})")
@@ -284,7 +248,7 @@ cdef int _take_status(object status, Py_buffer *view, Py_ssize_t n) except -1:
     return 0
 
 
-cdef int _check_places(arena_t *a, const uint8_t *status, const uint8_t *table) except -1:
+cdef int _check_places(batch_bufs_t *a, const uint8_t *status, const uint8_t *table) except -1:
     # every packet that will be sent or written must lie inside the buffer
     cdef Py_ssize_t i
     for i in range(a.n):
@@ -311,12 +275,12 @@ def tun_read_burst(int fd, buf, offsets, lengths, Py_ssize_t stride, Py_ssize_t 
     the read: it is dropped (counted) and its slot reused; so is IPv6 to a link-scoped
     multicast group (the kernel's MLD and neighbour discovery on the device). An error other than EAGAIN
     raises OSError if nothing was read (else the next call reports it)."""
-    cdef arena_t a
+    cdef batch_bufs_t a
     cdef Py_ssize_t i = 0, cap = stride - headroom
     cdef ssize_t r
     cdef int err = 0
     cdef uint64_t calls = 0, dropped = 0
-    _take(&a, buf, offsets, lengths)
+    batch_take(&a, buf, offsets, lengths, None)
     try:
         _check_slots(&a, stride, headroom, max_n, 0)
         with nogil:
@@ -339,7 +303,7 @@ def tun_read_burst(int fd, buf, offsets, lengths, Py_ssize_t stride, Py_ssize_t 
                 i += 1
         _count(stats, P_TUN_READ, i, calls, 1 if err else 0, dropped)
     finally:
-        _release(&a)
+        batch_release(&a)
     if err and i == 0:
         raise OSError(err, _os.strerror(err))
     return i
@@ -349,14 +313,14 @@ def tun_write_burst(int fd, buf, offsets, lengths, status, ok_statuses, IOStats 
     """Write each packet whose status is one of *ok_statuses* (bytes of Status codes) to a
     TUN descriptor, one write() each (TUN takes one packet per call). A packet the device
     refuses is counted as an error and skipped. Returns how many were written."""
-    cdef arena_t a
+    cdef batch_bufs_t a
     cdef Py_buffer sv
     cdef uint8_t table[256]
     cdef Py_ssize_t i
     cdef ssize_t r
     cdef uint64_t written = 0, calls = 0, errors = 0
     _selection(ok_statuses, table)
-    _take(&a, buf, offsets, lengths)
+    batch_take(&a, buf, offsets, lengths, None)
     try:
         _take_status(status, &sv, a.n)
         try:
@@ -379,7 +343,7 @@ def tun_write_burst(int fd, buf, offsets, lengths, status, ok_statuses, IOStats 
         finally:
             PyBuffer_Release(&sv)
     finally:
-        _release(&a)
+        batch_release(&a)
     return written
 
 
@@ -473,7 +437,7 @@ cdef void _synth_header(uint8_t *h, int kind, bint v6, const sockaddr_in6 *src, 
 cdef Py_ssize_t _recv_burst(int fd, object buf, object offsets, object lengths, Py_ssize_t stride,
                             Py_ssize_t headroom, Py_ssize_t max_n, object local, int port, int kind,
                             IOStats stats) except -1:
-    cdef arena_t a
+    cdef batch_bufs_t a
     cdef mmsg_t m
     cdef bytes loc = bytes(local)
     cdef bint v6 = len(loc) == 16
@@ -496,7 +460,7 @@ cdef Py_ssize_t _recv_burst(int fd, object buf, object offsets, object lengths, 
     else:
         kind = SYNTH_IP6 if v6 else SYNTH_NONE
         hdr = IPV6_HDR_LEN if v6 else 0
-    _take(&a, buf, offsets, lengths)
+    batch_take(&a, buf, offsets, lengths, None)
     try:
         _check_slots(&a, stride, headroom, max_n, hdr)
         vlen = min(max_n, MAX_MMSG)
@@ -552,7 +516,7 @@ cdef Py_ssize_t _recv_burst(int fd, object buf, object offsets, object lengths, 
         finally:
             _mmsg_free(&m)
     finally:
-        _release(&a)
+        batch_release(&a)
     if err and not _is_async_error(err):
         raise OSError(err, _os.strerror(err))
     return got
@@ -636,7 +600,7 @@ cdef inline bint _outer(const uint8_t *p, uint32_t n, int mode, sockaddr_in6 *to
 
 cdef Py_ssize_t _send_burst(int fd, object buf, object offsets, object lengths, object status,
                             object ok_statuses, int mode, int version, int path, IOStats stats) except -1:
-    cdef arena_t a
+    cdef batch_bufs_t a
     cdef Py_buffer sv
     cdef mmsg_t m
     cdef uint8_t table[256]
@@ -650,7 +614,7 @@ cdef Py_ssize_t _send_burst(int fd, object buf, object offsets, object lengths, 
     cdef cmsghdr *c
     cdef pollfd pfd
     _selection(ok_statuses, table)
-    _take(&a, buf, offsets, lengths)
+    batch_take(&a, buf, offsets, lengths, None)
     try:
         _take_status(status, &sv, a.n)
         try:
@@ -721,7 +685,7 @@ cdef Py_ssize_t _send_burst(int fd, object buf, object offsets, object lengths, 
         finally:
             PyBuffer_Release(&sv)
     finally:
-        _release(&a)
+        batch_release(&a)
     if err:
         raise OSError(err, _os.strerror(err))
     return sent

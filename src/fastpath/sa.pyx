@@ -493,9 +493,10 @@ cdef class SAState:
 
 cdef int batch_take(batch_bufs_t *b, object buf, object offsets, object lengths,
                     object status) except -1:
-    """Take the four buffers of a batch call and check that they describe one batch; on an
-    error nothing stays held."""
+    """Take the buffers of a batch call and check that they describe one batch; status may
+    be None (I/O calls that write no status). On an error nothing stays held."""
     b.held = 0
+    b.status = NULL
     try:
         acquire_array(buf, &b.views[0], 1, b"Bbc", "buf")
         b.held = 1
@@ -503,12 +504,15 @@ cdef int batch_take(batch_bufs_t *b, object buf, object offsets, object lengths,
         b.held = 2
         acquire_array(lengths, &b.views[2], 4, b"IL", "lengths")
         b.held = 3
-        acquire_array(status, &b.views[3], 1, b"B", "status")
-        b.held = 4
         b.n = <uint32_t>(b.views[1].len // 8)
-        if b.views[2].len // 4 != b.n or b.views[3].len < b.n:
-            raise ValueError(f"offsets ({b.n}), lengths ({b.views[2].len // 4}) and status ({b.views[3].len}) "
-                             "must describe the same number of packets")
+        if status is not None:
+            acquire_array(status, &b.views[3], 1, b"B", "status")
+            b.held = 4
+            b.status = <uint8_t *>b.views[3].buf
+        if b.views[2].len // 4 != b.n or (status is not None and b.views[3].len < b.n):
+            raise ValueError(f"offsets ({b.n}), lengths ({b.views[2].len // 4})"
+                             + (f" and status ({b.views[3].len})" if status is not None else "")
+                             + " must describe the same number of packets")
     except BaseException:
         batch_release(b)
         raise
@@ -516,7 +520,6 @@ cdef int batch_take(batch_bufs_t *b, object buf, object offsets, object lengths,
     b.size = b.views[0].len
     b.off = <int64_t *>b.views[1].buf
     b.lens = <uint32_t *>b.views[2].buf
-    b.status = <uint8_t *>b.views[3].buf
     return 0
 
 
