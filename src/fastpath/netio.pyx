@@ -83,6 +83,7 @@ cdef extern from "<netinet/in.h>" nogil:
         IP_RECVERR
         IP_MTU_DISCOVER
         IP_PMTUDISC_DONT
+        IP_PMTUDISC_PROBE
         IPV6_PKTINFO
         IPV6_RECVPKTINFO
         IPV6_TCLASS
@@ -90,6 +91,7 @@ cdef extern from "<netinet/in.h>" nogil:
         IPV6_RECVERR
         IPV6_MTU_DISCOVER
         IPV6_PMTUDISC_DONT
+        IPV6_PMTUDISC_PROBE
     struct in_addr:
         uint32_t s_addr
     struct sockaddr_in:
@@ -598,8 +600,15 @@ cdef inline bint _outer(const uint8_t *p, uint32_t n, int mode, sockaddr_in6 *to
     return True
 
 
+cdef inline int _outer_df(const uint8_t *p, uint32_t n) noexcept nogil:
+    # 1 if packet p is IPv4 with DF set in the outer header the engine built, else 0 (IPv6,
+    # and anything malformed, which _outer then drops on the DF-clear socket)
+    return 1 if n >= IPV4_HDR_MIN and p[0] >> 4 == 4 and (fp_load_be16(p + 6) & IPV4_DF) else 0
+
+
 cdef Py_ssize_t _send_burst(int fd, object buf, object offsets, object lengths, object status,
-                            object ok_statuses, int mode, int version, int path, IOStats stats) except -1:
+                            object ok_statuses, int mode, int version, int path, IOStats stats,
+                            int df=-1) except -1:
     cdef batch_bufs_t a
     cdef Py_buffer sv
     cdef mmsg_t m
@@ -631,6 +640,8 @@ cdef Py_ssize_t _send_burst(int fd, object buf, object offsets, object lengths, 
                     for i in range(a.n):
                         if not table[st[i]]:
                             continue
+                        if df >= 0 and _outer_df(a.data + a.off[i], a.lens[i]) != df:
+                            continue          # the other outer socket sends it
                         h = &m.msgs[count].msg_hdr
                         if not _outer(a.data + a.off[i], a.lens[i], mode, &m.names[count], &h.msg_namelen,
                                       &start, &length, &tos):
@@ -691,21 +702,29 @@ cdef Py_ssize_t _send_burst(int fd, object buf, object offsets, object lengths, 
     return sent
 
 
-def udp_send_burst(int sockfd, buf, offsets, lengths, status, ok_statuses=b"\x00", IOStats stats=None):
+def udp_send_burst(int sockfd, buf, offsets, lengths, status, ok_statuses=b"\x00", IOStats stats=None, int df=-1):
     """Send the ESP of every packet whose status is in *ok_statuses* (default OK) with ONE
     sendmmsg() (more only past 1024 packets, or to step over a packet the kernel refuses):
     the engine's outer IP and UDP headers are stripped, and the payload goes to the address
     and UDP port they name, from the socket's own address and port. The TOS / traffic class
     byte goes along as a control message. Packets that are not UDP are dropped and counted.
-    Returns how many were sent."""
-    return _send_burst(sockfd, buf, offsets, lengths, status, ok_statuses, STRIP_UDP, 0, P_NET_SEND, stats)
+    Returns how many were sent.
+
+    *df* selects by the DF bit of the engine's outer IPv4 header (the SA's ``df`` policy,
+    RFC 4301 5.1.2): -1 every packet, 1 only those with DF set (for a socket with
+    IP_PMTUDISC_PROBE), 0 the others, IPv6 included (for the IP_PMTUDISC_DONT socket)."""
+    if df not in (-1, 0, 1):
+        raise ValueError(f"df must be -1, 0 or 1, got {df}")
+    return _send_burst(sockfd, buf, offsets, lengths, status, ok_statuses, STRIP_UDP, 0, P_NET_SEND, stats, df)
 
 
-def esp_send_burst(int sockfd, buf, offsets, lengths, status, ok_statuses=b"\x00", IOStats stats=None):
+def esp_send_burst(int sockfd, buf, offsets, lengths, status, ok_statuses=b"\x00", IOStats stats=None, int df=-1):
     """As udp_send_burst, for a raw IP protocol 50 socket: the engine's outer IP header is
     stripped and the ESP sent to the address it names; the kernel builds the IP header and
-    fragments the packet if it must (IP_HDRINCL off)."""
-    return _send_burst(sockfd, buf, offsets, lengths, status, ok_statuses, STRIP_IP, 0, P_NET_SEND, stats)
+    fragments the packet if it must (IP_HDRINCL off). *df* as for udp_send_burst."""
+    if df not in (-1, 0, 1):
+        raise ValueError(f"df must be -1, 0 or 1, got {df}")
+    return _send_burst(sockfd, buf, offsets, lengths, status, ok_statuses, STRIP_IP, 0, P_NET_SEND, stats, df)
 
 
 def ip_send_burst(int sockfd, buf, offsets, lengths, status, ok_statuses, int version=4, IOStats stats=None):
@@ -719,21 +738,23 @@ def ip_send_burst(int sockfd, buf, offsets, lengths, status, ok_statuses, int ve
 
 # -- socket options and the error queue ------------------------------------------------------------
 
-def setup_outer_socket(int sockfd, int family, bint udp=True):
+def setup_outer_socket(int sockfd, int family, bint udp=True, bint df=False):
     """The options the outer socket needs: DF clear (IP_PMTUDISC_DONT: the outer IP layer
-    fragments after encapsulation, the receiver's reassembles), IP_RECVERR (ICMP reports
+    fragments after encapsulation, the receiver's reassembles) or, with *df*, DF set
+    (IP_PMTUDISC_PROBE: never fragmented, and the kernel's cached path MTU is not applied,
+    so the caller's own per-SA estimate is the limit; only the interface MTU is), IP_RECVERR (ICMP reports
     queued for read_errqueue) and, for receiving, the destination address and TOS of each
     datagram (IP_PKTINFO, IP_RECVTOS; IPv6: IPV6_RECVPKTINFO, IPV6_RECVTCLASS). A raw IPv4
     socket needs neither of the last two: it receives the header itself."""
     cdef int one = 1, dont
     cdef list opts
     if family == AF_INET:
-        dont = IP_PMTUDISC_DONT
+        dont = IP_PMTUDISC_PROBE if df else IP_PMTUDISC_DONT
         opts = [(IPPROTO_IP, IP_MTU_DISCOVER, dont), (IPPROTO_IP, IP_RECVERR, one)]
         if udp:
             opts += [(IPPROTO_IP, IP_PKTINFO, one), (IPPROTO_IP, IP_RECVTOS, one)]
     elif family == AF_INET6:
-        dont = IPV6_PMTUDISC_DONT
+        dont = IPV6_PMTUDISC_PROBE if df else IPV6_PMTUDISC_DONT
         opts = [(IPPROTO_IPV6, IPV6_MTU_DISCOVER, dont), (IPPROTO_IPV6, IPV6_RECVERR, one),
                 (IPPROTO_IPV6, IPV6_RECVPKTINFO, one), (IPPROTO_IPV6, IPV6_RECVTCLASS, one)]
     else:
@@ -744,12 +765,13 @@ def setup_outer_socket(int sockfd, int family, bint udp=True):
             raise OSError(errno, _os.strerror(errno))
 
 
-def read_errqueue(int sockfd, IOStats stats=None, Py_ssize_t limit=4096):
+def read_errqueue(int sockfd, IOStats stats=None, Py_ssize_t limit=4096, bint local=False):
     """Drain the socket's error queue (MSG_ERRQUEUE, IP_RECVERR). Returns the path MTU
     reports in it as ``[(destination address, MTU), ...]``: ICMP "fragmentation needed"
     (type 3 code 4, RFC 1191), ICMPv6 "packet too big" (type 2, RFC 8201) and the kernel's
     own EMSGSIZE for a local MTU (ee_info = MTU). Other reports (port unreachable and so on)
-    are drained and counted as net_send errors. At most *limit* reports per call."""
+    are drained and counted as net_send errors. At most *limit* reports per call. With
+    *local*, each report is ``(destination, MTU, is_local)``: True for the kernel's EMSGSIZE."""
     cdef uint8_t data[64]
     cdef uint8_t ctrl[512]
     cdef sockaddr_in6 name
@@ -798,7 +820,7 @@ def read_errqueue(int sockfd, IOStats stats=None, Py_ssize_t limit=4096):
                        or (origin == SO_EE_ORIGIN_LOCAL and ee_errno == EMSGSIZE))
                 address = _address(&name)
                 if mtu and info and address is not None:
-                    out.append((address, info))
+                    out.append((address, info, origin == SO_EE_ORIGIN_LOCAL) if local else (address, info))
                 else:
                     other += 1
             c = CMSG_NXTHDR(&h, c)

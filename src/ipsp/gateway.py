@@ -5,8 +5,14 @@
 
 Two threads, one per direction, each blocking in poll(); the engine is thread-safe and
 releases the GIL for every batch, and so do the I/O calls (fastpath.netio). The outer socket
-is UDP (ESP in UDP, RFC 3948) or raw IP protocol 50, with DF clear: the outer IP layer
-fragments, the peer's reassembles. What the engine returns decides each packet's fate:
+is UDP (ESP in UDP, RFC 3948) or raw IP protocol 50. The outer DF bit follows each SA's
+``df`` policy (RFC 4301 5.1.2), as written in the outer IPv4 header the engine built: packets
+with DF clear go out through the outer socket (IP_PMTUDISC_DONT: the outer IP layer fragments,
+the peer's reassembles), those with DF set through a second one on the same address and port
+(IP_PMTUDISC_PROBE: never fragmented, and only the SA's own path MTU estimate limits them, not
+the kernel's cached one), each with one sendmmsg() per burst. An ICMP "fragmentation needed"
+for a DF-set packet (either error queue, or the ICMP watch socket for UDP) lowers the path MTU
+toward that peer. What the engine returns decides each packet's fate:
 
 - outbound OK: the ESP goes to the peer; BYPASS: the packet leaves unchanged through a raw
   IP socket on the outer interface; TOO_BIG (its ESP would exceed the SA's path MTU): the
@@ -102,6 +108,7 @@ class Gateway:
         self.tun: netdev.Tun | None = None
         self.routes: netdev.Routes | None = None
         self.sock: socket.socket | None = None
+        self.sock_df: socket.socket | None = None     # DF-set outer packets (IPv4 only)
         self.raw: dict[int, socket.socket | None] = {4: None, 6: None}
         self.watch: socket.socket | None = None
         self._threads: list[threading.Thread] = []
@@ -112,7 +119,7 @@ class Gateway:
         self._out = dict.fromkeys(("frag_needed_sent", "packet_too_big_sent", "rate_limited", "not_allowed",
                                    "no_source", "packets_fragmented", "fragments_made", "unfragmentable",
                                    "stale_slot", "bypass_unsent", "polls"), 0)
-        self._in = dict.fromkeys(("ike_dropped", "pmtu_reports", "polls"), 0)
+        self._in = dict.fromkeys(("ike_dropped", "pmtu_reports", "emsgsize", "polls"), 0)
         self._main = dict.fromkeys(("keepalives_sent", "keepalive_errors"), 0)
         s = settings
         self.out_arena = _Arena(s.batch, _round(HEADROOM + s.tun_mtu + TAILROOM), HEADROOM)
@@ -129,7 +136,10 @@ class Gateway:
             self._tun_sysctls(s)
             self.routes = netdev.Routes(s.tun)
             self.routes.apply(s.routes, self._route_sources(s))
-            self.sock = netdev.outer_socket(s.outer, s.local, s.udp_port)
+            v4 = s.local.version == 4
+            self.sock = netdev.outer_socket(s.outer, s.local, s.udp_port, shared=v4)
+            if v4:
+                self.sock_df = netdev.outer_socket(s.outer, s.local, s.udp_port, df=True, shared=True)
             device = netdev.device_of(s.local)
             self.raw = {v: netdev.raw_ip_socket(v, device) for v in (4, 6)}
             if s.outer == "udp" and s.local.version == 4:
@@ -200,10 +210,10 @@ class Gateway:
     def _close_host(self) -> None:
         if self.routes is not None:
             self.routes.remove_all()
-        for s in (self.sock, self.watch, *self.raw.values()):
+        for s in (self.sock, self.sock_df, self.watch, *self.raw.values()):
             if s is not None:
                 s.close()
-        self.sock, self.watch, self.raw = None, None, {4: None, 6: None}
+        self.sock, self.sock_df, self.watch, self.raw = None, None, None, {4: None, 6: None}
         if self.tun is not None:
             self.tun.close()
             self.tun = None
@@ -230,14 +240,21 @@ class Gateway:
         off, lens, status, slots = a.batch(n)
         sas = self.engine.slot_sas()
         self.engine.outbound(a.buf, off, lens, status, a.stride, slots=slots)
-        if self.settings.outer == "udp":
-            netio.udp_send_burst(fd, a.buf, off, lens, status, _OK, self.io)
-        else:
-            netio.esp_send_burst(fd, a.buf, off, lens, status, _OK, self.io)
+        self._send_outer(a.buf, off, lens, status)
         if a.status.find(_BYPASS, 0, n) >= 0:
             self._bypass(off, lens, status, n)
         if a.status.find(_TOO_BIG, 0, n) >= 0:
             self._too_big(n, sas)
+
+    def _send_outer(self, buf, off, lens, status) -> None:
+        """The ESP of the packets with status OK: DF clear through the outer socket, DF set
+        through the DF socket (one sendmmsg each, order kept within each)."""
+        send = netio.udp_send_burst if self.settings.outer == "udp" else netio.esp_send_burst
+        if self.sock_df is None:
+            send(self.sock.fileno(), buf, off, lens, status, _OK, self.io)
+            return
+        send(self.sock.fileno(), buf, off, lens, status, _OK, self.io, 0)
+        send(self.sock_df.fileno(), buf, off, lens, status, _OK, self.io, 1)
 
     def _bypass(self, off, lens, status, n: int) -> None:
         a = self.out_arena
@@ -303,8 +320,7 @@ class Gateway:
         for i, f in enumerate(fragments):
             buf[off[i]:off[i] + len(f)] = f
         sa.encap_batch(buf, off, lens, status, stride)
-        send = netio.udp_send_burst if self.settings.outer == "udp" else netio.esp_send_burst
-        send(self.sock.fileno(), buf, off, lens, status, _OK, self.io)
+        self._send_outer(buf, off, lens, status)
         self._out["packets_fragmented"] += 1
         self._out["fragments_made"] += k
 
@@ -314,6 +330,13 @@ class Gateway:
         a, s, fd = self.in_arena, self.settings, self.sock.fileno()
         poller = select.poll()
         poller.register(fd, select.POLLIN)
+        socks = {fd: self.sock}
+        if self.sock_df is not None:
+            # UDP: the port is shared (SO_REUSEPORT), a peer's datagrams may arrive on either;
+            # raw: the DF socket receives nothing (a drop-all filter), only its error queue
+            dfd = self.sock_df.fileno()
+            socks[dfd] = self.sock_df
+            poller.register(dfd, select.POLLIN if s.outer == "udp" else 0)
         poller.register(self._wake_r, select.POLLIN)
         if self.watch is not None:
             poller.register(self.watch.fileno(), select.POLLIN)
@@ -324,13 +347,13 @@ class Gateway:
             if self._stopping:
                 return
             for ready, what in events:
-                if ready == fd and what & select.POLLERR:
-                    self._errqueue()
-                if ready == fd and what & select.POLLIN:
+                if ready in socks and what & select.POLLERR:
+                    self._errqueue(socks[ready])
+                if ready in socks and what & select.POLLIN:
                     if s.outer == "udp":
-                        n = netio.udp_recv_burst(fd, a.buf, a.off, a.lens, a.stride, 0, a.n, local, s.udp_port, self.io)
+                        n = netio.udp_recv_burst(ready, a.buf, a.off, a.lens, a.stride, 0, a.n, local, s.udp_port, self.io)
                     else:
-                        n = netio.esp_recv_burst(fd, a.buf, a.off, a.lens, a.stride, 0, a.n, local, self.io)
+                        n = netio.esp_recv_burst(ready, a.buf, a.off, a.lens, a.stride, 0, a.n, local, self.io)
                     if n:
                         self.deliver(n)
                 elif self.watch is not None and ready == self.watch.fileno():
@@ -349,11 +372,13 @@ class Gateway:
             deliverable = _OK
         netio.tun_write_burst(self.tun.fd, a.buf, off, lens, status, deliverable, self.io)
 
-    def _errqueue(self) -> None:
-        reports = netio.read_errqueue(self.sock.fileno(), self.io)
+    def _errqueue(self, sock: socket.socket) -> None:
+        reports = netio.read_errqueue(sock.fileno(), self.io, local=True)
         # an ICMP error also leaves a pending socket error: read it, or poll() never blocks
-        self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        self._pmtu_reports(reports)
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        # the kernel's own EMSGSIZE (a DF-set packet above the interface MTU) is a report too
+        self._in["emsgsize"] += sum(1 for r in reports if r[2])
+        self._pmtu_reports([r[:2] for r in reports])
 
     def _watch_icmp(self) -> None:
         s, reports = self.settings, []
@@ -465,7 +490,8 @@ class Gateway:
             "keepalives_sent": self._main["keepalives_sent"],
             "dropped": {"ike": self._in["ike_dropped"], "bypass_unsent": out["bypass_unsent"],
                         "stale_slot": out["stale_slot"], "keepalive_errors": self._main["keepalive_errors"]},
-            "pmtu": {"initial": self.pmtu.initial, "reports": self._in["pmtu_reports"], "lowered": self.pmtu.lowered()},
+            "pmtu": {"initial": self.pmtu.initial, "reports": self._in["pmtu_reports"], "emsgsize": self._in["emsgsize"],
+                     "lowered": self.pmtu.lowered()},
             "path_mtu": [{"spi": sa.spi, "dst": str(sa.dst), "path_mtu": sa.kernel.path_mtu,
                           "max_inner": sa.kernel.max_inner(sa.kernel.path_mtu) if sa.kernel.path_mtu else None,
                           "fragment": sa.config.fragment} for sa in self._outbound_sas()],

@@ -7,6 +7,7 @@ says what failed and what to check.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import ipaddress
@@ -32,6 +33,7 @@ _SOL_RAW = 255
 _ICMP_FILTER = 1                 # linux/icmp.h: a bit set per ICMP type to drop
 _ICMP_DEST_UNREACH = 3
 _IPPROTO_ESP = 50
+_SO_ATTACH_FILTER = 26
 _SOCKBUF = 4 << 20               # room for bursts on the outer socket
 
 
@@ -158,10 +160,13 @@ def is_local(address) -> bool:
             return False
 
 
-def outer_socket(kind: str, local, port: int) -> socket.socket:
+def outer_socket(kind: str, local, port: int, *, df: bool = False, shared: bool = False) -> socket.socket:
     """The outer socket, bound to *local*: UDP on *port* (ESP in UDP) or raw IP protocol 50.
-    DF clear, IP_RECVERR on (netio.setup_outer_socket); blocking, so sends wait for room
-    (receives use MSG_DONTWAIT)."""
+    DF clear (with *df*: DF set, IP_PMTUDISC_PROBE), IP_RECVERR on (netio.setup_outer_socket);
+    blocking, so sends wait for room (receives use MSG_DONTWAIT). *shared*: SO_REUSEPORT, so
+    the DF-set UDP socket can share the port with the DF-clear one (the gateway reads both).
+    A DF-set raw socket gets a filter that drops every packet: the DF-clear one already
+    receives a copy of each, its error queue is all that is read."""
     address = ipaddress.ip_address(str(local))
     family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
     if kind == "udp":
@@ -169,11 +174,20 @@ def outer_socket(kind: str, local, port: int) -> socket.socket:
     else:
         s = socket.socket(family, socket.SOCK_RAW, _IPPROTO_ESP)
     try:
+        if shared and kind == "udp":
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if df and kind != "udp":
+            _drop_all(s)
+            while True:             # what arrived before the filter
+                try:
+                    s.recv(65535, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    break
         if kind == "udp":
             s.bind((str(address), port))
         else:
             s.bind((str(address), 0))
-        netio.setup_outer_socket(s.fileno(), family, kind == "udp")
+        netio.setup_outer_socket(s.fileno(), family, kind == "udp", df)
         for opt, forced in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):    # SO_RCVBUFFORCE, SO_SNDBUFFORCE
             try:
                 s.setsockopt(socket.SOL_SOCKET, forced, _SOCKBUF)
@@ -185,6 +199,13 @@ def outer_socket(kind: str, local, port: int) -> socket.socket:
         hint = " (is the address configured on an interface?)" if exc.errno == errno.EADDRNOTAVAIL else ""
         raise NetError(f"cannot open {what}: {exc.strerror}{hint}") from None
     return s
+
+
+def _drop_all(s: socket.socket) -> None:
+    # SO_ATTACH_FILTER with classic BPF "ret #0": nothing reaches the receive queue
+    insn = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0))     # BPF_RET | BPF_K
+    prog = struct.pack("HL", 1, ctypes.addressof(insn))                        # struct sock_fprog
+    s.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, prog)
 
 
 def raw_ip_socket(version: int, device: str | None) -> socket.socket | None:

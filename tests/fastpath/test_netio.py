@@ -151,6 +151,35 @@ def test_esp_in_udp_round_trip_through_two_sas():
         assert packets(rbuf, roff, rlens, got) == [inner[0], inner[2]]
 
 
+def test_udp_send_burst_splits_by_the_outer_df_bit():
+    """df=0 sends the DF-clear packets (and IPv6), df=1 the DF-set ones, each in order with one
+    sendmmsg; a socket set up with df=True (IP_PMTUDISC_PROBE) sends with DF set."""
+    a, b = udp_pair()
+    with a, b:
+        netio.setup_outer_socket(a.fileno(), socket.AF_INET, True, True)
+        assert a.getsockopt(socket.IPPROTO_IP, 10) == 3        # IP_MTU_DISCOVER: IP_PMTUDISC_PROBE
+        port = b.getsockname()[1]
+        flags = ["DF", 0, "DF", 0, "DF"]
+        pkts = [bytes(IP(src="127.0.0.1", dst="127.0.0.1", flags=f) / UDP(sport=1, dport=port) / bytes([i]))
+                for i, f in enumerate(flags)]
+        stride = 256
+        buf, off, lens = arena(len(pkts), stride)
+        for i, p in enumerate(pkts):
+            off[i], lens[i] = i * stride, len(p)
+            buf[off[i]:off[i] + len(p)] = p
+        stats = netio.IOStats()
+        assert netio.udp_send_burst(a.fileno(), buf, off, lens, bytearray(len(off)), b"\x00", stats, 1) == 3
+        assert netio.udp_send_burst(a.fileno(), buf, off, lens, bytearray(len(off)), b"\x00", stats, 0) == 2
+        assert stats.as_dict()["net_send"]["syscalls"] == 2
+        got = []
+        for _ in range(5):
+            wait(b)
+            got.append(b.recv(10)[0])
+        assert got == [0, 2, 4, 1, 3]
+        with pytest.raises(ValueError):
+            netio.udp_send_burst(a.fileno(), buf, off, lens, bytearray(len(off)), b"\x00", stats, 2)
+
+
 def test_udp_send_burst_drops_what_is_not_udp():
     a, b = udp_pair()
     with a, b:

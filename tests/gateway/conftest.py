@@ -49,6 +49,9 @@ NET1, NET2 = "10.1.0.0/16", "10.2.0.0/16"
 SPI_12, SPI_21 = 0x1001, 0x2001            # gw1 -> gw2, gw2 -> gw1
 PROPOSAL = "aes128gcm16"
 PATH_MTU = 1500
+# the routed variant (Topology.wan_routed): wan routes between two outer subnets, the link
+# toward gw2 with a smaller MTU
+WAN1, WAN2, GW2_OUT_ROUTED, NARROW_MTU = "192.0.2.254", "198.51.100.254", "198.51.100.2", 1400
 
 
 def sh(*cmd, check: bool = True, timeout: float = 30, **kw) -> subprocess.CompletedProcess:
@@ -203,9 +206,10 @@ class Shim:
 
 # -- gateways ---------------------------------------------------------------------------------
 
-def gateway_document(side: int, outer: str, keys: dict, socket_path: str, sa: dict, gateway: dict) -> dict:
+def gateway_document(side: int, outer: str, keys: dict, socket_path: str, sa: dict, gateway: dict,
+                     gw2_out: str = GW2_OUT) -> dict:
     """The configuration of gw1 (side 1) or gw2 (side 2) as a TOML-shaped dict."""
-    local, peer = (GW1_OUT, GW2_OUT) if side == 1 else (GW2_OUT, GW1_OUT)
+    local, peer = (GW1_OUT, gw2_out) if side == 1 else (gw2_out, GW1_OUT)
     mine, theirs = (NET1, NET2) if side == 1 else (NET2, NET1)
     spi_out, spi_in = (SPI_12, SPI_21) if side == 1 else (SPI_21, SPI_12)
 
@@ -332,8 +336,10 @@ class GatewayPair:
     def __init__(self, topo: "Topology", outer: str, sa: dict, gateway: dict):
         self.topo, self.outer = topo, outer
         keys = {spi: secrets.token_bytes(20) for spi in (SPI_12, SPI_21)}     # AES-128 key + 4-byte salt
-        self.gw1 = Gateway(topo, "gw1", gateway_document(1, outer, keys, str(topo.dir / "gw1.sock"), sa, gateway))
-        self.gw2 = Gateway(topo, "gw2", gateway_document(2, outer, keys, str(topo.dir / "gw2.sock"), sa, gateway))
+        self.gw1 = Gateway(topo, "gw1", gateway_document(1, outer, keys, str(topo.dir / "gw1.sock"), sa, gateway,
+                                                         topo.gw2_out))
+        self.gw2 = Gateway(topo, "gw2", gateway_document(2, outer, keys, str(topo.dir / "gw2.sock"), sa, gateway,
+                                                         topo.gw2_out))
         self.esp_class = "esp_udp" if outer == "udp" else "esp"    # the shim's name for their packets
 
     def start(self) -> "GatewayPair":
@@ -359,13 +365,13 @@ class GatewayPair:
         for gw in (self.gw1, self.gw2):
             gw.stop()
 
-    def mtu_range(self) -> tuple[int, int]:
+    def mtu_range(self, path_mtu: int = PATH_MTU) -> tuple[int, int]:
         """What a DF-set packet's "frag needed" may announce: the largest inner packet that
         fits the path MTU once encapsulated (exact), down to the path MTU less the worst-case
         overhead (the most padding)."""
         state = self.gw1.sa_state("out")
-        exact = max(n for n in range(PATH_MTU - 200, PATH_MTU + 1) if n + state.overhead(n) <= PATH_MTU)
-        worst = PATH_MTU - max(state.overhead(n) for n in range(PATH_MTU - 64, PATH_MTU + 1))
+        exact = max(n for n in range(path_mtu - 200, path_mtu + 1) if n + state.overhead(n) <= path_mtu)
+        worst = path_mtu - max(state.overhead(n) for n in range(path_mtu - 64, path_mtu + 1))
         return worst, exact
 
 
@@ -378,6 +384,7 @@ class Topology:
         self.ns = {role: f"{PREFIX}{self.pid}-{role}" for role in ROLES}
         self.procs: list[subprocess.Popen] = []
         self.shim = Shim(self)
+        self.gw2_out = GW2_OUT          # GW2_OUT_ROUTED while wan_routed(True)
 
     # running things inside
     def run(self, role: str, *cmd, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -468,6 +475,37 @@ class Topology:
         else:
             self.ip("wan", "link", "del", "br0", check=False)
             self.shim.start()
+
+    def wan_routed(self, on: bool) -> None:
+        """The routed variant: the shim stops and the wan namespace routes between
+        192.0.2.0/24 (w1, toward gw1) and 198.51.100.0/24 (w2, toward gw2, MTU 1400); gw2's
+        outer address becomes 198.51.100.2. A DF-set packet above 1400 bytes toward gw2 gets
+        an ICMP "fragmentation needed" (mtu 1400) from 192.0.2.254. Off: back to the bridge."""
+        if on:
+            self.shim.stop()
+            self.ip("wan", "addr", "add", f"{WAN1}/24", "dev", "w1")
+            self.ip("wan", "addr", "add", f"{WAN2}/24", "dev", "w2")
+            self.ip("wan", "link", "set", "w2", "mtu", NARROW_MTU)
+            self.run("wan", "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward")
+            self.ip("gw2", "addr", "del", f"{GW2_OUT}/24", "dev", "g2o")
+            self.ip("gw2", "link", "set", "g2o", "mtu", NARROW_MTU)
+            self.ip("gw2", "addr", "add", f"{GW2_OUT_ROUTED}/24", "dev", "g2o")
+            self.ip("gw2", "route", "add", "192.0.2.0/24", "via", WAN2)
+            self.ip("gw1", "route", "add", "198.51.100.0/24", "via", WAN1)
+            self.gw2_out = GW2_OUT_ROUTED
+        else:
+            self.ip("gw1", "route", "del", "198.51.100.0/24", check=False)
+            self.ip("gw2", "route", "del", "192.0.2.0/24", check=False)
+            self.ip("gw2", "addr", "del", f"{GW2_OUT_ROUTED}/24", "dev", "g2o", check=False)
+            self.ip("gw2", "link", "set", "g2o", "mtu", 1500)
+            self.ip("gw2", "addr", "add", f"{GW2_OUT}/24", "dev", "g2o", check=False)
+            self.run("wan", "sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward")
+            self.ip("wan", "link", "set", "w2", "mtu", 1500)
+            self.ip("wan", "addr", "flush", "dev", "w1")
+            self.ip("wan", "addr", "flush", "dev", "w2")
+            self.gw2_out = GW2_OUT
+            self.shim.start()
+        self.flush_route_caches()
 
     def ping(self, role: str, dst: str, *opts, count: int = 3, check: bool = True) -> subprocess.CompletedProcess:
         interval = [] if "-i" in map(str, opts) else ["-i", 0.2]
@@ -597,6 +635,17 @@ def gateways(topo):
         if started:
             for gw in (started[-1].gw1, started[-1].gw2):
                 print(f"--- {gw.name} stderr:\n{gw.stderr()[-3000:]}")
+
+
+@pytest.fixture
+def routed_wan(topo):
+    """The routed variant of the topology for one test (Topology.wan_routed); request it
+    before ``gateways``, so the gateways stop before the topology goes back."""
+    topo.wan_routed(True)
+    try:
+        yield topo
+    finally:
+        topo.wan_routed(False)
 
 
 @pytest.fixture(params=["udp", "esp"])

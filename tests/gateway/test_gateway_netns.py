@@ -29,6 +29,7 @@ import pytest
 pytestmark = pytest.mark.netns
 
 A_ADDR, B_ADDR = "10.1.0.2", "10.2.0.2"
+PATH_MTU, NARROW_MTU = 1500, 1400          # conftest's: the gateways' path_mtu, the routed variant's narrow link
 
 
 def received(ping_output: str) -> int:
@@ -257,3 +258,45 @@ def test_throughput_figures(gateways, topo, capsys, tmp_path_factory):
                           f"x plain, retransmits {f['retransmits']}\n    system calls: {json.dumps(f['syscalls'])}")
             print(f"figures written to {out}")
 
+
+
+# -- 6. path MTU discovery through a router with a narrower link ------------------------------------
+
+def test_outer_df_copied_router_frag_needed_lowers_path_mtu(outer, routed_wan, gateways, topo):
+    """The routed variant (docs/gateway-tests.md): wan routes 192.0.2.0/24 to 198.51.100.0/24,
+    the link toward gw2 has MTU 1400. With the default df = "copy", a DF-set inner packet
+    leaves gw1 with DF set on the outer header; one that fits 1500 but not 1400 is dropped by
+    the router, whose ICMP "fragmentation needed" (mtu 1400) lowers gw1's path MTU toward gw2.
+    From then on such a packet gets "frag needed" from gw1's inner address with the largest
+    inner size that fits 1400, and a packet of that size goes through."""
+    pair = gateways(outer)
+    topo.ping("a", B_ADDR, count=2)                          # the tunnel works through the router
+    _, fits_wide = pair.mtu_range(PATH_MTU)
+    worst, exact = pair.mtu_range(NARROW_MTU)
+    assert fits_wide > exact
+    # fits the configured path MTU (1500) once encapsulated, not the narrow link
+    r = topo.ping("a", B_ADDR, "-M", "do", "-s", fits_wide - 28, count=3, check=False)
+    print(f"{outer}: {r.stdout.strip()}")
+    assert received(r.stdout) == 0, r.stdout
+
+    g = pair.gw1.gateway_section()
+    print(json.dumps({k: g[k] for k in ("pmtu", "path_mtu")}))
+    assert g["pmtu"]["lowered"] == {topo.gw2_out: NARROW_MTU}, g["pmtu"]
+    assert g["pmtu"]["reports"] >= 1
+    assert [e["path_mtu"] for e in g["path_mtu"]] == [NARROW_MTU], g["path_mtu"]
+
+    # a DF ping of that size now hears from gw1 (or, having heard, from a's own kernel)
+    topo.ip("a", "route", "flush", "cache")
+    r = topo.ping("a", B_ADDR, "-M", "do", "-s", fits_wide - 28, count=1, check=False)
+    m = re.search(r"(?:From 10\.1\.0\.1 .*Frag needed.*mtu = |message too long, mtu=)(\d+)", r.stdout + r.stderr)
+    print(f"{outer}: {r.stdout.strip()} {r.stderr.strip()}\nexpected mtu {worst}..{exact}")
+    assert m, f"no 'frag needed' from 10.1.0.1:\n{r.stdout}{r.stderr}"
+    mtu = int(m[1])
+    assert worst <= mtu <= exact, f"announced mtu {mtu}, expected {worst}..{exact}"
+    assert pair.gw1.gateway_sum(r"icmp\.frag_needed_sent") >= 1
+    # and a packet of the announced size goes through with DF set, unfragmented
+    r = topo.ping("a", B_ADDR, "-M", "do", "-s", mtu - 28, count=2)
+    assert received(r.stdout) == 2, r.stdout
+    # DF clear still crosses the narrow link: fragmented by gw1's outer IP layer
+    r = topo.ping("a", B_ADDR, "-M", "dont", "-s", 3000, count=2)
+    assert received(r.stdout) == 2, r.stdout
