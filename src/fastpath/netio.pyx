@@ -3,7 +3,10 @@ burst lands in slot i (``buf[i * stride : (i + 1) * stride]``) at ``headroom`` b
 and ``offsets[i]`` / ``lengths[i]`` describe it, as Engine.outbound / inbound expect.
 
 - TUN (IFF_TUN | IFF_NO_PI): one packet per read() and per write(); a burst reads until
-  EAGAIN or max_n packets.
+  EAGAIN or max_n packets. With ``vnet=True`` (a device opened with IFF_VNET_HDR and
+  TUNSETOFFLOAD TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6) each read() starts with a struct
+  virtio_net_hdr and may carry a TCP super-packet of up to 64 KiB, split here into its
+  segments (several packets per system call); each write gets a zeroed header in front.
 - ESP in UDP (RFC 3948): ONE recvmmsg() for up to max_n datagrams, each given a synthetic
   outer IPv4 (IPv6) and UDP header - source the datagram's sender, destination the local
   address and port - so the engine sees whole IP packets (its SA lookup, NAT mapping check
@@ -28,7 +31,8 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 
-from fastpath._include.compat cimport fp_load_be16, fp_load_be32, fp_store_be16, fp_ipv4_csum, fp_atomic_add
+from fastpath._include.compat cimport (fp_load_be16, fp_load_be32, fp_store_be16, fp_ipv4_csum, fp_atomic_add,
+                                       fp_csum_add, fp_csum_fold)
 from fastpath.sa cimport acquire_array, batch_bufs_t, batch_take, batch_release
 from fastpath.wire cimport *
 
@@ -129,6 +133,13 @@ cdef extern from "<unistd.h>" nogil:
     ssize_t read(int fd, void *buf, size_t n)
     ssize_t write(int fd, const void *buf, size_t n)
 
+cdef extern from "<sys/uio.h>" nogil:
+    ssize_t readv(int fd, const iovec *iov, int n)
+    ssize_t writev(int fd, const iovec *iov, int n)
+
+cdef extern from "<stdlib.h>" nogil:
+    void *malloc(size_t n)
+
 
 cdef enum:
     # the paths IOStats counts
@@ -159,6 +170,27 @@ cdef enum:
     ICMP_DEST_UNREACH = 3
     ICMP_FRAG_NEEDED = 4
     ICMPV6_PKT_TOOBIG = 2
+
+cdef enum:
+    # struct virtio_net_hdr (include/uapi/linux/virtio_net.h): flags, gso_type, hdr_len,
+    # gso_size, csum_start, csum_offset; the legacy header TUN uses by default (10 bytes,
+    # TUNSETVNETHDRSZ not called), in the host's byte order (little-endian here, as
+    # wireguard-go tun/offload_linux.go reads it)
+    VNET_HDR_LEN = 10
+    VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
+    VIRTIO_NET_HDR_GSO_NONE = 0
+    VIRTIO_NET_HDR_GSO_TCPV4 = 1
+    VIRTIO_NET_HDR_GSO_TCPV6 = 4
+    VIRTIO_NET_HDR_GSO_ECN = 0x80
+    # room for the largest super-packet a TUN read delivers (64 KiB of IP) beyond a slot
+    GSO_ROOM = 65536 + 256
+    # TCP flags touched when splitting
+    TCP_FIN = 0x01
+    TCP_PSH = 0x08
+    TCP_CWR = 0x80
+
+VNET_HDR_SIZE = VNET_HDR_LEN
+TUN_READ_RESERVE = 46
 
 PATHS = ("tun_read", "tun_write", "net_recv", "net_send", "raw_send")
 
@@ -269,25 +301,194 @@ cdef inline bint _link_scoped(const uint8_t *p, ssize_t n) noexcept nogil:
     return n >= IPV6_HDR_LEN and p[0] >> 4 == 6 and p[24] == 0xff and (p[25] & 0x0f) <= 2
 
 
+cdef class TunScratch:
+    """The room a vnet TUN read needs beyond its slot (a TCP super-packet of up to 64 KiB),
+    kept between tun_read_burst calls together with a super-packet that did not fit the
+    slots left in a burst: the next call splits it first. One per reading thread."""
+
+    cdef uint8_t *data
+    cdef Py_ssize_t size
+    cdef Py_ssize_t held           # bytes of a held-back super-packet at data, 0 if none
+    cdef uint8_t hdr[VNET_HDR_LEN]
+
+    def __dealloc__(self):
+        free(self.data)
+
+    @property
+    def held(self):
+        return self.held
+
+
+cdef int _scratch_room(TunScratch s, Py_ssize_t size) except -1:
+    cdef uint8_t *p
+    if s.size < size:
+        if s.held:
+            # a held super-packet stays where it is: a larger slot than before is rare; drop it
+            s.held = 0
+        p = <uint8_t *>malloc(<size_t>size)
+        if p == NULL:
+            raise MemoryError()
+        free(s.data)
+        s.data, s.size = p, size
+    return 0
+
+
+cdef inline uint16_t _le16(const uint8_t *p) noexcept nogil:
+    return <uint16_t>(p[0] | (p[1] << 8))
+
+
+cdef inline void _store_be32(uint8_t *p, uint32_t v) noexcept nogil:
+    p[0], p[1], p[2], p[3] = (v >> 24) & 0xff, (v >> 16) & 0xff, (v >> 8) & 0xff, v & 0xff
+
+
+cdef inline bint _finish_csum(uint8_t *p, ssize_t n, const uint8_t *h) noexcept nogil:
+    """VIRTIO_NET_HDR_F_NEEDS_CSUM without GSO: the kernel left the pseudo-header sum in the
+    checksum field at csum_start + csum_offset; the full checksum is the complement of the
+    sum from csum_start to the end, that field included (as wireguard-go's
+    gsoNoneChecksum). False if the place is not inside the packet."""
+    cdef size_t start = _le16(h + 6), at = start + _le16(h + 8)
+    if at + 2 > <size_t>n or at < start:
+        return False
+    cdef uint16_t c = <uint16_t>~fp_csum_fold(fp_csum_add(0, p + start, <size_t>n - start))
+    if c == 0 and _le16(h + 8) == 6:
+        c = 0xffff                 # UDP: a zero sum goes as all ones (RFC 768)
+    fp_store_be16(p + at, c)
+    return True
+
+
+cdef inline int _gso_count(const uint8_t *p, ssize_t n, const uint8_t *h, size_t cap,
+                           size_t *hlen_out) noexcept nogil:
+    """How many segments TCP super-packet p (n bytes) splits into, or -1 if its header does
+    not describe a TCP/IPv4 or TCP/IPv6 packet that can be split into segments of at most
+    cap - 1 bytes (wireguard-go tun/offload_linux.go gsoSplit checks the same things)."""
+    cdef int gso_type = h[1] & ~VIRTIO_NET_HDR_GSO_ECN
+    cdef size_t th = _le16(h + 6), gso = _le16(h + 4), hlen
+    if gso == 0 or not (h[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM):
+        return -1
+    if gso_type == VIRTIO_NET_HDR_GSO_TCPV4:
+        if n < IPV4_HDR_MIN or p[0] >> 4 != 4 or th != <size_t>(p[0] & 0x0f) * 4 or th < IPV4_HDR_MIN \
+                or p[9] != IPPROTO_TCP or fp_load_be16(p + 6) & (IPV4_MF | IPV4_FRAG_OFFSET_MASK):
+            return -1
+    elif gso_type == VIRTIO_NET_HDR_GSO_TCPV6:
+        # extension headers are not split through: the kernel's TCP puts none there
+        if n < IPV6_HDR_LEN or p[0] >> 4 != 6 or th != IPV6_HDR_LEN or p[6] != IPPROTO_TCP:
+            return -1
+    else:
+        return -1
+    if th + 20 > <size_t>n:
+        return -1
+    hlen = th + (p[th + 12] >> 4) * 4
+    if hlen < th + 20 or hlen > <size_t>n or hlen + gso >= cap or hlen + gso > 65535:
+        return -1
+    hlen_out[0] = hlen
+    if <size_t>n == hlen:
+        return 1
+    return <int>((<size_t>n - hlen + gso - 1) // gso)
+
+
+cdef void _gso_split(const uint8_t *p, ssize_t n, const uint8_t *h, size_t hlen, int k,
+                     uint8_t *data, Py_ssize_t stride, Py_ssize_t headroom, Py_ssize_t first,
+                     int64_t *off, uint32_t *lens) noexcept nogil:
+    """Split super-packet p into k segments in slots first..first+k-1 (checked by the
+    caller): per segment the IP and TCP headers, then gso_size bytes of payload (the last
+    what remains); IPv4 total length, ID (+1 per segment) and header checksum, IPv6 payload
+    length, TCP sequence number (+gso_size per segment), FIN and PSH only on the last, CWR
+    only on the first, and the full TCP checksum over the pseudo-header (RFC 793 3.1,
+    RFC 8200 8.1) - the segmentation wireguard-go's gsoSplit and the kernel's tcp_gso_segment do."""
+    cdef size_t th = _le16(h + 6), gso = _le16(h + 4), pay, plen, tcplen
+    cdef bint v4 = p[0] >> 4 == 4
+    cdef uint32_t seq = fp_load_be32(p + th + 4), s
+    cdef uint16_t ipid = fp_load_be16(p + 4) if v4 else 0
+    cdef int j
+    cdef uint8_t *o
+    for j in range(k):
+        pay = hlen + <size_t>j * gso
+        plen = min(gso, <size_t>n - pay)
+        o = data + (first + j) * stride + headroom
+        memcpy(o, p, hlen)
+        memcpy(o + hlen, p + pay, plen)
+        tcplen = hlen - th + plen
+        if v4:
+            fp_store_be16(o + 2, <uint16_t>(hlen + plen))
+            fp_store_be16(o + 4, <uint16_t>(ipid + j))
+            fp_store_be16(o + 10, 0)
+            fp_store_be16(o + 10, fp_ipv4_csum(o, th))
+        else:
+            fp_store_be16(o + 4, <uint16_t>(hlen - IPV6_HDR_LEN + plen))
+        _store_be32(o + th + 4, seq + <uint32_t>(j * gso))
+        if j != k - 1:
+            o[th + 13] &= ~(TCP_FIN | TCP_PSH)
+        if j != 0:
+            o[th + 13] &= ~TCP_CWR
+        # the pseudo-header: addresses, protocol, TCP length
+        if v4:
+            s = fp_csum_add(0, o + 12, 8)
+        else:
+            s = fp_csum_add(0, o + 8, 32)
+        s += IPPROTO_TCP + <uint32_t>tcplen
+        fp_store_be16(o + th + 16, 0)
+        s = fp_csum_add(s, o + th, tcplen)
+        fp_store_be16(o + th + 16, <uint16_t>~fp_csum_fold(s))
+        off[first + j] = (first + j) * stride + headroom
+        lens[first + j] = <uint32_t>(hlen + plen)
+
+
 def tun_read_burst(int fd, buf, offsets, lengths, Py_ssize_t stride, Py_ssize_t headroom,
-                   Py_ssize_t max_n, IOStats stats=None):
+                   Py_ssize_t max_n, IOStats stats=None, bint vnet=False, TunScratch scratch=None):
     """Read packets from a non-blocking TUN descriptor until it has none left (EAGAIN) or
     max_n were read: packet i into slot i at *headroom*, offsets[i] and lengths[i] set.
     Returns how many. A packet that fills its slot's whole room may have been cut short by
     the read: it is dropped (counted) and its slot reused; so is IPv6 to a link-scoped
     multicast group (the kernel's MLD and neighbour discovery on the device). An error other than EAGAIN
-    raises OSError if nothing was read (else the next call reports it)."""
+    raises OSError if nothing was read (else the next call reports it).
+
+    With *vnet* (IFF_VNET_HDR) each read is a struct virtio_net_hdr and a packet: a
+    NEEDS_CSUM packet gets its checksum completed, a TCP super-packet (GSO_TCPV4/TCPV6) is
+    split into its segments in consecutive slots (one read, many packets). A super-packet
+    that does not fit the slots left ends the burst: with a *scratch* (TunScratch) it is
+    kept there and split first by the next call; without one, or if it could not fit even
+    max_n slots, or if its header is malformed, it is dropped and counted in tun_read's
+    "dropped"."""
     cdef batch_bufs_t a
     cdef Py_ssize_t i = 0, cap = stride - headroom
     cdef ssize_t r
-    cdef int err = 0
+    cdef int err = 0, k, gso_type
     cdef uint64_t calls = 0, dropped = 0
+    cdef iovec iov[3]
+    cdef uint8_t hdr[VNET_HDR_LEN]
+    cdef uint8_t *room = NULL
+    cdef uint8_t *slot
+    cdef size_t hlen = 0
+    cdef bint own = False
     batch_take(&a, buf, offsets, lengths, None)
     try:
         _check_slots(&a, stride, headroom, max_n, 0)
+        if vnet:
+            if scratch is None:
+                scratch, own = TunScratch(), True
+            _scratch_room(scratch, cap + GSO_ROOM)
+            room = scratch.data
         with nogil:
+            if vnet and scratch.held and max_n > 0:
+                # the super-packet the last call kept back
+                r = scratch.held
+                memcpy(hdr, scratch.hdr, VNET_HDR_LEN)
+                k = _gso_count(room, r, hdr, <size_t>cap, &hlen)
+                if k < 0 or k > max_n:
+                    dropped += 1
+                else:
+                    _gso_split(room, r, hdr, hlen, k, a.data, stride, headroom, 0, a.off, a.lens)
+                    i = k
+                scratch.held = 0
             while i < max_n:
-                r = read(fd, a.data + i * stride + headroom, <size_t>cap)
+                slot = a.data + i * stride + headroom
+                if vnet:
+                    iov[0].iov_base, iov[0].iov_len = hdr, VNET_HDR_LEN
+                    iov[1].iov_base, iov[1].iov_len = slot, <size_t>cap
+                    iov[2].iov_base, iov[2].iov_len = room + cap, GSO_ROOM
+                    r = readv(fd, iov, 3)
+                else:
+                    r = read(fd, slot, <size_t>cap)
                 calls += 1
                 if r < 0:
                     if errno == EINTR:
@@ -297,7 +498,36 @@ def tun_read_burst(int fd, buf, offsets, lengths, Py_ssize_t stride, Py_ssize_t 
                     break
                 if r == 0:
                     break
-                if r >= cap or _link_scoped(a.data + i * stride + headroom, r):
+                if vnet:
+                    if r < VNET_HDR_LEN:
+                        dropped += 1
+                        continue
+                    r -= VNET_HDR_LEN
+                    gso_type = hdr[1] & ~VIRTIO_NET_HDR_GSO_ECN
+                    if gso_type != VIRTIO_NET_HDR_GSO_NONE:
+                        # contiguous in the scratch: the part in the slot goes in front
+                        memcpy(room, slot, <size_t>min(r, cap))
+                        k = _gso_count(room, r, hdr, <size_t>cap, &hlen)
+                        if k < 0 or k > max_n:
+                            dropped += 1
+                            continue
+                        if k > max_n - i:
+                            if own:
+                                dropped += 1
+                            else:
+                                memcpy(scratch.hdr, hdr, VNET_HDR_LEN)
+                                scratch.held = r
+                            break
+                        _gso_split(room, r, hdr, hlen, k, a.data, stride, headroom, i, a.off, a.lens)
+                        i += k
+                        continue
+                    if r >= cap:
+                        dropped += 1
+                        continue
+                    if hdr[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM and not _finish_csum(slot, r, hdr):
+                        dropped += 1
+                        continue
+                if r >= cap or _link_scoped(slot, r):
                     dropped += 1
                     continue
                 a.off[i] = i * stride + headroom
@@ -311,16 +541,21 @@ def tun_read_burst(int fd, buf, offsets, lengths, Py_ssize_t stride, Py_ssize_t 
     return i
 
 
-def tun_write_burst(int fd, buf, offsets, lengths, status, ok_statuses, IOStats stats=None):
+def tun_write_burst(int fd, buf, offsets, lengths, status, ok_statuses, IOStats stats=None, bint vnet=False):
     """Write each packet whose status is one of *ok_statuses* (bytes of Status codes) to a
     TUN descriptor, one write() each (TUN takes one packet per call). A packet the device
-    refuses is counted as an error and skipped. Returns how many were written."""
+    refuses is counted as an error and skipped. Returns how many were written. With *vnet*
+    (IFF_VNET_HDR) each goes behind a zeroed virtio_net_hdr (no GSO, checksums complete),
+    through one writev()."""
     cdef batch_bufs_t a
     cdef Py_buffer sv
     cdef uint8_t table[256]
     cdef Py_ssize_t i
-    cdef ssize_t r
+    cdef ssize_t r, want
     cdef uint64_t written = 0, calls = 0, errors = 0
+    cdef uint8_t hdr[VNET_HDR_LEN]
+    cdef iovec iov[2]
+    memset(hdr, 0, VNET_HDR_LEN)
     _selection(ok_statuses, table)
     batch_take(&a, buf, offsets, lengths, None)
     try:
@@ -332,12 +567,19 @@ def tun_write_burst(int fd, buf, offsets, lengths, status, ok_statuses, IOStats 
                     if not table[(<const uint8_t *>sv.buf)[i]]:
                         continue
                     while True:
-                        r = write(fd, a.data + a.off[i], a.lens[i])
+                        if vnet:
+                            iov[0].iov_base, iov[0].iov_len = hdr, VNET_HDR_LEN
+                            iov[1].iov_base, iov[1].iov_len = a.data + a.off[i], a.lens[i]
+                            r = writev(fd, iov, 2)
+                            want = VNET_HDR_LEN + a.lens[i]
+                        else:
+                            r = write(fd, a.data + a.off[i], a.lens[i])
+                            want = a.lens[i]
                         calls += 1
                         if r < 0 and errno == EINTR:
                             continue
                         break
-                    if r == <ssize_t>a.lens[i]:
+                    if r == want:
                         written += 1
                     else:
                         errors += 1

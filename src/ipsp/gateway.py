@@ -222,6 +222,8 @@ class Gateway:
 
     def _outbound_loop(self) -> None:
         a, tun = self.out_arena, self.tun.fd
+        # IFF_VNET_HDR: TCP super-packets, split into their segments by the read (issue 5)
+        vnet, scratch = getattr(self.tun, "vnet_hdr", False), getattr(self.tun, "scratch", None)
         poller = select.poll()
         poller.register(tun, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
@@ -230,7 +232,7 @@ class Gateway:
             self._out["polls"] += 1
             if self._stopping:
                 return
-            n = netio.tun_read_burst(tun, a.buf, a.off, a.lens, a.stride, a.headroom, a.n, self.io)
+            n = netio.tun_read_burst(tun, a.buf, a.off, a.lens, a.stride, a.headroom, a.n, self.io, vnet, scratch)
             if n:
                 self.send(n)
 
@@ -297,7 +299,8 @@ class Gateway:
             self._out["rate_limited"] += 1
             return
         try:
-            os.write(self.tun.fd, message)
+            os.write(self.tun.fd, bytes(netio.VNET_HDR_SIZE) + message if getattr(self.tun, "vnet_hdr", False)
+                     else message)
         except OSError:
             self.io.add("tun_write", syscalls=1, errors=1)
             return
@@ -370,7 +373,8 @@ class Gateway:
             # straight back to this socket
             self._in["ike_dropped"] += a.status.count(_BYPASS, 0, n)
             deliverable = _OK
-        netio.tun_write_burst(self.tun.fd, a.buf, off, lens, status, deliverable, self.io)
+        netio.tun_write_burst(self.tun.fd, a.buf, off, lens, status, deliverable, self.io,
+                              getattr(self.tun, "vnet_hdr", False))
 
     def _errqueue(self, sock: socket.socket) -> None:
         reports = netio.read_errqueue(sock.fileno(), self.io, local=True)

@@ -29,6 +29,9 @@ log = logging.getLogger("ipsp.gateway")
 _TUNSETIFF = 0x400454CA
 _IFF_TUN = 0x0001
 _IFF_NO_PI = 0x1000
+_IFF_VNET_HDR = 0x4000
+_TUNSETOFFLOAD = 0x400454D0          # _IOW('T', 208, unsigned int)
+_TUN_F_CSUM, _TUN_F_TSO4, _TUN_F_TSO6 = 0x01, 0x02, 0x04
 _SOL_RAW = 255
 _ICMP_FILTER = 1                 # linux/icmp.h: a bit set per ICMP type to drop
 _ICMP_DEST_UNREACH = 3
@@ -70,22 +73,40 @@ def set_sysctl(path: str, value: str) -> None:
 
 class Tun:
     """A TUN device (IFF_TUN | IFF_NO_PI: bare IP packets), created if absent, up with *mtu*;
-    its descriptor is non-blocking. Closing a device this process created removes it."""
+    its descriptor is non-blocking. Closing a device this process created removes it.
 
-    def __init__(self, name: str, mtu: int, *, txqueuelen: int = 1000):
+    With *offload* (the default) it is opened with IFF_VNET_HDR and TUNSETOFFLOAD
+    TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6, as wireguard-go does: every read and write carries
+    a struct virtio_net_hdr, and a read may be a TCP super-packet that netio.tun_read_burst
+    splits (``vnet_hdr`` True; pass it and ``scratch`` to the netio TUN calls). A kernel
+    that refuses the offloads gets a plain device (``vnet_hdr`` False)."""
+
+    def __init__(self, name: str, mtu: int, *, txqueuelen: int = 1000, offload: bool = True):
         self.name = name
+        self.vnet_hdr = False
+        self.scratch = netio.TunScratch()
         existed = os.path.exists(f"/sys/class/net/{name}")
         try:
             self.fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
             raise NetError(f"cannot open /dev/net/tun: {exc.strerror} (the tun module, and root or CAP_NET_ADMIN)") from None
+        flags = _IFF_TUN | _IFF_NO_PI | (_IFF_VNET_HDR if offload else 0)
         try:
-            fcntl.ioctl(self.fd, _TUNSETIFF, struct.pack("16sH", name.encode(), _IFF_TUN | _IFF_NO_PI))
+            fcntl.ioctl(self.fd, _TUNSETIFF, struct.pack("16sH", name.encode(), flags))
         except OSError as exc:
             os.close(self.fd)
             why = {errno.EBUSY: "another process has it open", errno.EINVAL: "it exists and is not a TUN device",
                    errno.EPERM: "permission denied (root or CAP_NET_ADMIN)"}.get(exc.errno, exc.strerror)
             raise NetError(f"cannot attach TUN device {name}: {why}") from None
+        if offload:
+            try:
+                fcntl.ioctl(self.fd, _TUNSETOFFLOAD, _TUN_F_CSUM | _TUN_F_TSO4 | _TUN_F_TSO6)
+                self.vnet_hdr = True
+            except OSError as exc:
+                # the header stays (IFF_VNET_HDR is set), only without offloads: reads are
+                # then never super-packets, and the header is still parsed and written
+                log.warning("TUN %s: TUNSETOFFLOAD refused (%s): one packet per read", name, exc.strerror)
+                self.vnet_hdr = True
         self.created = not existed
         try:
             # no IPv6 link-local address: the kernel then sends no DAD or router
