@@ -281,21 +281,7 @@ def _our_sa_init() -> Message:
     return Message(
         header(initiator=True, spi_r=bytes(8)),
         (
-            SA(
-                (
-                    Proposal(
-                        1,
-                        ProtocolId.IKE,
-                        b"",
-                        (
-                            Transform(TransformType.ENCR, EncrId.ENCR_AES_CBC, (Attribute(TransformAttr.KEY_LENGTH, 256),)),
-                            Transform(TransformType.PRF, PrfId.PRF_HMAC_SHA2_256),
-                            Transform(TransformType.INTEG, IntegId.AUTH_HMAC_SHA2_256_128),
-                            Transform(TransformType.DH, DhGroup.MODP_2048),
-                        ),
-                    ),
-                )
-            ),
+            SA((IKE_PROPOSAL,)),
             KE(DhGroup.MODP_2048, KE_DATA),
             Nonce(NONCE_DATA),
             Notify(0, b"", NotifyType.NAT_DETECTION_SOURCE_IP, NATD),

@@ -400,21 +400,23 @@ class IDr(_ID):
 
 
 @dataclass(frozen=True)
-class CERT(Payload):
-    """Certificate payload (RFC 7296 3.6)."""
-
-    TYPE: ClassVar[int] = PayloadType.CERT
+class _Cert(Payload):
     encoding: int
     data: bytes
 
 
 @dataclass(frozen=True)
-class CERTREQ(Payload):
+class CERT(_Cert):
+    """Certificate payload (RFC 7296 3.6)."""
+
+    TYPE: ClassVar[int] = PayloadType.CERT
+
+
+@dataclass(frozen=True)
+class CERTREQ(_Cert):
     """Certificate Request payload (RFC 7296 3.7)."""
 
     TYPE: ClassVar[int] = PayloadType.CERTREQ
-    encoding: int
-    data: bytes
 
 
 @dataclass(frozen=True)
@@ -731,7 +733,7 @@ def _encode_body(p: Payload) -> bytes:
         return struct.pack("!HH", p.group, 0) + p.data
     if isinstance(p, _ID):
         return struct.pack("!B3x", p.id_type) + p.data
-    if isinstance(p, (CERT, CERTREQ)):
+    if isinstance(p, _Cert):
         return struct.pack("!B", p.encoding) + p.data
     if isinstance(p, AUTH):
         return struct.pack("!B3x", p.method) + p.data
