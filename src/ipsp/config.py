@@ -23,6 +23,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from ipsp.errors import ConfigError
+from ipsp.ike.config import Connection, IkeSettings, connection, ike_settings
 from ipsp.pad import Identity, Peer
 from ipsp.sa import _KNOWN as _SA_KEYS
 from ipsp.sa import SAConfig, _address, _bytes, _network, sa_from_mapping
@@ -129,9 +130,11 @@ class Config:
     policies: tuple[Policy, ...]
     sas: tuple[ManualSA, ...]
     gateway: GatewaySettings | None = None                         # [gateway], for ipsp gateway
+    ike: IkeSettings | None = None                                 # [ike], the IKEv2 daemon
+    connections: tuple[Connection, ...] = ()                       # [[connection]]: IKEv2-keyed tunnels
 
 
-_TOP = {"allow_insecure", "engine", "defaults", "peer", "policy", "sa", "gateway"}
+_TOP = {"allow_insecure", "engine", "defaults", "peer", "policy", "sa", "gateway", "ike", "connection"}
 _ENGINE = {"rekey_grace", "control_socket", "log_interval"}
 _GATEWAY = {"tun", "address", "routes", "tun_mtu", "outer", "local", "udp_port", "path_mtu", "batch", "keepalive"}
 _PEER = {"name", "id", "auth", "psk", "ca", "addresses", "allowed"}
@@ -196,7 +199,38 @@ def _config(doc: Mapping[str, Any], path: str | None, env: Mapping[str, str]) ->
     if "gateway" in doc:
         gateway = _gateway(_table(doc["gateway"], "gateway"))
         _gateway_fits(gateway, where_sa)
-    return Config(path, engine, _freeze(defaults), tuple(peers), tuple(policies), tuple(sas), gateway)
+    ike = ike_settings(_table(doc["ike"], "ike")) if "ike" in doc else None
+    connections = _connections(doc, {p.name: p for p in peers}, ike, sas, policies)
+    if connections and ike is None:
+        ike = IkeSettings()
+    return Config(path, engine, _freeze(defaults), tuple(peers), tuple(policies), tuple(sas), gateway, ike,
+                  connections)
+
+
+# -- [ike] and [[connection]] (ipsp.ike.config) ---------------------------------------------
+
+def _connections(doc: Mapping[str, Any], peers: Mapping[str, Peer], ike: IkeSettings | None,
+                 sas: list[ManualSA], policies: list[Policy]) -> tuple[Connection, ...]:
+    out: list[Connection] = []
+    names: dict[str, int] = {}
+    reqids: dict[int, str] = {m.reqid: "sa" for m in sas if m.reqid}
+    reqids.update({p.reqid: "policy" for p in policies if p.reqid})
+    for i, t in enumerate(_tables(doc, "connection")):
+        key = f"connection[{i}]"
+        c = connection(t, key, i, peers)
+        if c.name in names:
+            raise ConfigError(f"connection name {c.name!r} is already used by connection[{names[c.name]}]",
+                              key=f"{key}.name")
+        names[c.name] = i
+        if c.reqid in reqids:
+            # the engine joins policies and SAs by reqid: a connection's must be its own
+            raise ConfigError(f"reqid {c.reqid} is already used by {reqids[c.reqid]}", key=f"{key}.reqid")
+        reqids[c.reqid] = key
+        if peers[c.peer].auth == "pubkey" and (ike is None or ike.cert is None):
+            raise ConfigError(f"peer {c.peer!r} authenticates with certificates: [ike] needs cert and key",
+                              key=f"{key}.peer")
+        out.append(c)
+    return tuple(out)
 
 
 # -- small checks ---------------------------------------------------------------------------

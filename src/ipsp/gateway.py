@@ -115,11 +115,12 @@ class Gateway:
         self._stopping = False
         self._wake_r, self._wake_w = os.pipe()
         self._keepalive: dict[tuple[str, int], tuple[int, float]] = {}
+        self.ike = None                 # an ipsp.ike.transport.IkeDaemon takes IKE from the UDP socket
         # each dict is written by one thread only: outbound, inbound, main
         self._out = dict.fromkeys(("frag_needed_sent", "packet_too_big_sent", "rate_limited", "not_allowed",
                                    "no_source", "packets_fragmented", "fragments_made", "unfragmentable",
                                    "stale_slot", "bypass_unsent", "polls"), 0)
-        self._in = dict.fromkeys(("ike_dropped", "pmtu_reports", "emsgsize", "polls"), 0)
+        self._in = dict.fromkeys(("ike_dropped", "ike_received", "pmtu_reports", "emsgsize", "polls"), 0)
         self._main = dict.fromkeys(("keepalives_sent", "keepalive_errors"), 0)
         s = settings
         self.out_arena = _Arena(s.batch, _round(HEADROOM + s.tun_mtu + TAILROOM), HEADROOM)
@@ -370,11 +371,30 @@ class Gateway:
         deliverable = _OK + _BYPASS
         if self.settings.outer == "udp":
             # in clear on the UDP socket means IKE: written into the TUN it would come
-            # straight back to this socket
-            self._in["ike_dropped"] += a.status.count(_BYPASS, 0, n)
+            # straight back to this socket; it goes to the IKE daemon, if there is one
+            if self.ike is not None:
+                self._ike_input(n)
+            else:
+                self._in["ike_dropped"] += a.status.count(_BYPASS, 0, n)
             deliverable = _OK
         netio.tun_write_burst(self.tun.fd, a.buf, off, lens, status, deliverable, self.io,
                               getattr(self.tun, "vnet_hdr", False))
+
+    def _ike_input(self, n: int) -> None:
+        """The datagrams of this burst that carry the non-ESP marker (RFC 3948 2.2), whatever
+        the inbound policy said of them (no SA yet: no UDP port the engine knows), to IKE."""
+        a = self.in_arena
+        for i in range(n):
+            if a.status[i] == Status.OK:
+                continue
+            p = a.packet(i)
+            header = (p[0] & 0x0F) * 4 if p[0] >> 4 == 4 else 40
+            if len(p) > header + 12 and p[header + 8:header + 12] == b"\0\0\0\0":
+                src = socket.inet_ntop(socket.AF_INET if header != 40 else socket.AF_INET6,
+                                       p[12:16] if header != 40 else p[8:24])
+                sport = int.from_bytes(p[header:header + 2], "big")
+                self._in["ike_received"] += 1
+                self.ike.feed(p[header + 12:], (src, sport))
 
     def _errqueue(self, sock: socket.socket) -> None:
         reports = netio.read_errqueue(sock.fileno(), self.io, local=True)
@@ -535,7 +555,10 @@ class GatewayControl(ControlServer):
         self.gateway = gateway
 
     def _stats(self, params: dict) -> dict:
-        return {**super()._stats(params), "gateway": self.gateway.stats()}
+        out = {**super()._stats(params), "gateway": self.gateway.stats()}
+        if self.gateway.ike is not None:
+            out["ike"] = self.gateway.ike.status()
+        return out
 
     def _prometheus(self, params: dict) -> str:
         return super()._prometheus(params) + self.gateway.prometheus()
@@ -549,6 +572,20 @@ class GatewayControl(ControlServer):
         except OSError as exc:
             raise ConfigError(f"the engine took the new configuration, but: {exc}", path=cfg.path,
                               key="gateway.routes") from None
+
+
+def _ike_daemon(engine: Engine, cfg: Config, gateway: Gateway):
+    """The IKE daemon of a gateway with [[connection]] tables: it speaks IKE on UDP 500 and,
+    through the gateway's own socket, on the gateway's UDP port (NAT traversal)."""
+    from ipsp.ike.transport import IkeDaemon
+
+    g = cfg.gateway
+    settings = dataclasses.replace(cfg.ike, nat_port=g.udp_port)
+    nat = gateway.sock if g.outer == "udp" else None
+    if nat is None and any(c.encap for c in cfg.connections):
+        raise ConfigError("connections with encap = true need gateway.outer = \"udp\"", path=cfg.path,
+                          key="gateway.outer")
+    return IkeDaemon(engine, settings, cfg.connections, g.local, nat_socket=nat)
 
 
 def run_gateway(config_path: str, socket_path: str | None = None) -> int:
@@ -569,8 +606,12 @@ def run_gateway(config_path: str, socket_path: str | None = None) -> int:
         try:
             engine.apply_config(cfg)
             gateway.open()
+            if cfg.connections:
+                gateway.ike = _ike_daemon(engine, cfg, gateway)
             server.start()
             gateway.start()
+            if gateway.ike is not None:
+                gateway.ike.start()
         except (ConfigError, ControlError, OSError) as exc:
             log.error("%s", exc)
             return 1
@@ -582,6 +623,8 @@ def run_gateway(config_path: str, socket_path: str | None = None) -> int:
         serve(engine, server, on_tick=gateway.tick)
         return 1 if gateway.failed else 0
     finally:
+        if gateway.ike is not None:
+            gateway.ike.stop()
         gateway.stop()
         gateway.close()
         server.close()

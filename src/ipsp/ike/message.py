@@ -66,6 +66,9 @@ __all__ = [
     "Unknown",
     "UnsupportedCriticalPayload",
     "VendorID",
+    "decode_payloads",
+    "encode_payloads",
+    "first_type",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -603,26 +606,12 @@ class Message:
         h = self.header
         if len(h.spi_i) != 8 or len(h.spi_r) != 8:
             raise ValueError("IKE SPIs must be 8 bytes")
-        parts = []
-        n = len(self.payloads)
-        for i, p in enumerate(self.payloads):
-            if isinstance(p, _ENCRYPTED):
-                if i != n - 1:
-                    raise ValueError("SK / SKF must be the last payload")
-                nxt = p.next_payload
-            else:
-                nxt = _ptype(self.payloads[i + 1]) if i + 1 < n else 0
-            body = _encode_body(p)
-            crit = CRITICAL if isinstance(p, Unknown) and p.critical else 0
-            if 4 + len(body) > 0xFFFF:
-                raise ValueError(f"payload {i} too long")
-            parts.append(_GEN.pack(nxt, crit, 4 + len(body)) + body)
-        first = _ptype(self.payloads[0]) if self.payloads else 0
-        payload_bytes = b"".join(parts)
+        payload_bytes = _encode_chain(self.payloads)
         total = HEADER_LEN + len(payload_bytes)
         version = (IKE_MAJOR_VERSION << 4) | (h.minor_version & 0x0F)
         return (
-            _HDR.pack(h.spi_i, h.spi_r, first, version, h.exchange_type, h.flags, h.message_id, total)
+            _HDR.pack(h.spi_i, h.spi_r, first_type(self.payloads), version, h.exchange_type, h.flags,
+                      h.message_id, total)
             + payload_bytes
         )
 
@@ -651,32 +640,75 @@ class Message:
             next_payload=nxt,
             length=length,
         )
-        payloads = []
-        off, end = HEADER_LEN, len(data)
-        while nxt != 0:
-            if end - off < 4:
-                raise MalformedMessage(off, f"truncated generic payload header (type {nxt})")
-            following, cbyte, plen = _GEN.unpack_from(data, off)
-            if plen < 4:
-                raise MalformedMessage(off + 2, f"payload length {plen} < 4")
-            if plen > end - off:
-                raise MalformedMessage(off + 2, f"payload length {plen} exceeds the message ({end - off} left)")
-            decoder = _DECODERS.get(nxt)
-            if decoder is None:
-                if cbyte & CRITICAL:
-                    raise UnsupportedCriticalPayload(nxt)
-                p: Payload = Unknown(nxt, False, data[off + 4 : off + plen])
-            else:
-                p = decoder(data, off + 4, off + plen, following)
-            payloads.append(p)
-            off += plen
-            if isinstance(p, _ENCRYPTED):
-                break
-            nxt = following
-        if off != end:
-            raise MalformedMessage(off, f"{end - off} bytes after the last payload")
-        return cls(header, tuple(payloads))
+        return cls(header, _decode_chain(data, HEADER_LEN, nxt))
 
+
+
+
+def first_type(payloads) -> int:
+    """The "next payload" value that announces the first of *payloads* (0 for none)."""
+    return _ptype(payloads[0]) if payloads else 0
+
+
+def encode_payloads(payloads) -> bytes:
+    """The chained payloads alone, as inside an Encrypted payload (RFC 7296 3.14): announce
+    them with ``first_type(payloads)``."""
+    try:
+        return _encode_chain(tuple(payloads))
+    except struct.error as e:
+        raise ValueError(f"cannot encode IKEv2 payloads: {e}") from e
+
+
+def decode_payloads(data: bytes, first: int) -> tuple[Payload, ...]:
+    """The payload chain of a decrypted Encrypted payload, with the checks and errors of
+    :meth:`Message.decode` (offsets count from the start of *data*)."""
+    return _decode_chain(bytes(data), 0, first)
+
+
+def _encode_chain(payloads: tuple[Payload, ...]) -> bytes:
+    parts = []
+    n = len(payloads)
+    for i, p in enumerate(payloads):
+        if isinstance(p, _ENCRYPTED):
+            if i != n - 1:
+                raise ValueError("SK / SKF must be the last payload")
+            nxt = p.next_payload
+        else:
+            nxt = _ptype(payloads[i + 1]) if i + 1 < n else 0
+        body = _encode_body(p)
+        crit = CRITICAL if isinstance(p, Unknown) and p.critical else 0
+        if 4 + len(body) > 0xFFFF:
+            raise ValueError(f"payload {i} too long")
+        parts.append(_GEN.pack(nxt, crit, 4 + len(body)) + body)
+    return b"".join(parts)
+
+
+def _decode_chain(data: bytes, off: int, nxt: int) -> tuple[Payload, ...]:
+    payloads = []
+    end = len(data)
+    while nxt != 0:
+        if end - off < 4:
+            raise MalformedMessage(off, f"truncated generic payload header (type {nxt})")
+        following, cbyte, plen = _GEN.unpack_from(data, off)
+        if plen < 4:
+            raise MalformedMessage(off + 2, f"payload length {plen} < 4")
+        if plen > end - off:
+            raise MalformedMessage(off + 2, f"payload length {plen} exceeds the message ({end - off} left)")
+        decoder = _DECODERS.get(nxt)
+        if decoder is None:
+            if cbyte & CRITICAL:
+                raise UnsupportedCriticalPayload(nxt)
+            p: Payload = Unknown(nxt, False, data[off + 4 : off + plen])
+        else:
+            p = decoder(data, off + 4, off + plen, following)
+        payloads.append(p)
+        off += plen
+        if isinstance(p, _ENCRYPTED):
+            break
+        nxt = following
+    if off != end:
+        raise MalformedMessage(off, f"{end - off} bytes after the last payload")
+    return tuple(payloads)
 
 def _ptype(p: Payload) -> int:
     return p.type if isinstance(p, Unknown) else p.TYPE

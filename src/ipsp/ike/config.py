@@ -1,0 +1,194 @@
+"""What the IKE daemon is told: ``[ike]`` and ``[[connection]]`` of the configuration file
+(docs/configuration.md), parsed and checked here, all or nothing, every error naming its key.
+
+A connection is strongSwan's ``connections.<name>`` with one child: which peer (a ``[[peer]]``
+entry of the PAD: identities, PSK or CA, what it may claim), where it is, which inner
+prefixes the tunnel joins, the proposals, lifetimes and what starts it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ipsp.errors import ConfigError
+from ipsp.ike.proposals import EspProposal, IkeProposal, parse_esp, parse_ike
+from ipsp.pad import Identity
+
+__all__ = ["IkeSettings", "Connection", "ike_settings", "connection", "DEFAULT_IKE", "DEFAULT_ESP"]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DEFAULT_IKE = ("aes128gcm16-prfsha256-x25519", "aes256-sha256-x25519", "aes128-sha256-modp2048")
+DEFAULT_ESP = ("aes128gcm16", "aes256-sha256", "chacha20poly1305")
+_START = ("none", "start", "trap")
+
+
+@dataclass(frozen=True)
+class IkeSettings:
+    """``[ike]``: the daemon as a whole."""
+
+    local_id: Identity | None = None          # default: our outer address (ip:...)
+    cert: str | None = None                   # our certificate (PEM/DER), for pubkey peers
+    key: str | None = field(default=None, repr=False)   # its private key (path)
+    chain: tuple[str, ...] = ()               # intermediate CA certificates we send
+    cacerts: tuple[str, ...] = ()             # trust anchors besides the peers' own "ca"
+    crls: tuple[str, ...] = ()
+    port: int = 500
+    nat_port: int = 4500
+    cookie_threshold: int = 30                # half-open IKE SAs before cookies are asked (RFC 7296 2.6)
+    half_open_timeout: float = 30.0
+    retransmit_timeout: float = 2.0           # first retransmission; then times retransmit_base each
+    retransmit_base: float = 1.8
+    retransmit_tries: int = 5
+    initial_contact: bool = True
+
+
+@dataclass(frozen=True)
+class Connection:
+    """``[[connection]]``: one IKE SA with one Child SA toward one peer."""
+
+    name: str
+    peer: str                                 # the PAD entry ([[peer]] name)
+    remote: IPAddress | None                  # the peer's outer address; None: respond only
+    local_ts: tuple[IPNetwork, ...]
+    remote_ts: tuple[IPNetwork, ...]
+    reqid: int
+    ike_proposals: tuple[IkeProposal, ...]
+    esp_proposals: tuple[EspProposal, ...]
+    local_id: Identity | None = None          # default: [ike].local_id
+    remote_id: Identity | None = None         # IDr we send when initiating (default: none sent)
+    start: str = "none"                       # "start" at load, "trap" on the first packet, "none"
+    ike_rekey: float = 14400.0
+    child_rekey: float = 3600.0
+    jitter: float = 0.1                       # a rekey happens up to this fraction earlier
+    dpd: float = 30.0                         # liveness check after this long without a word; 0: off
+    encap: bool = True                        # force ESP in UDP (as strongSwan's encap = yes)
+    replay_window: int = 1024
+    backend: str = "auto"
+
+
+_IKE_KEYS = {"local_id", "cert", "key", "chain", "cacerts", "crls", "port", "nat_port", "cookie_threshold",
+             "half_open_timeout", "retransmit_timeout", "retransmit_base", "retransmit_tries", "initial_contact"}
+_CONN_KEYS = {"name", "peer", "remote", "local_ts", "remote_ts", "reqid", "ike_proposals", "esp_proposals",
+              "local_id", "remote_id", "start", "ike_rekey", "child_rekey", "jitter", "dpd", "encap",
+              "replay_window", "backend"}
+
+
+def _identity(v: Any, key: str) -> Identity:
+    if not isinstance(v, str):
+        raise ConfigError("expected an identity such as 'fqdn:gw.example.net'", key=key)
+    try:
+        return Identity.parse(v)
+    except ConfigError as exc:
+        raise ConfigError(exc.message, key=key) from None
+
+
+def _strs(v: Any, key: str) -> tuple[str, ...]:
+    items = v if isinstance(v, list) else [v]
+    if not all(isinstance(x, str) and x for x in items):
+        raise ConfigError("expected a string or a list of strings", key=key)
+    return tuple(items)
+
+
+def _number(v: Any, key: str, lo: float, hi: float, *, integer: bool = False) -> Any:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
+        raise ConfigError(f"expected {'an integer' if integer else 'a number'}", key=key)
+    if not lo <= v <= hi:
+        raise ConfigError(f"must be within {lo}..{hi}, got {v}", key=key)
+    return v
+
+
+def ike_settings(t: Mapping[str, Any]) -> IkeSettings:
+    unknown = sorted(set(t) - _IKE_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(_IKE_KEYS))})", key="ike")
+    kw: dict[str, Any] = {}
+    if "local_id" in t:
+        kw["local_id"] = _identity(t["local_id"], "ike.local_id")
+    for name in ("cert", "key"):
+        if name in t:
+            kw[name] = _strs(t[name], f"ike.{name}")[0]
+    if ("cert" in kw) != ("key" in kw):
+        raise ConfigError("a certificate needs its private key and the other way round",
+                          key="ike.key" if "cert" in kw else "ike.cert")
+    for name in ("chain", "cacerts", "crls"):
+        if name in t:
+            kw[name] = _strs(t[name], f"ike.{name}")
+    for name, lo, hi, integer in (("port", 1, 65535, True), ("nat_port", 1, 65535, True),
+                                  ("cookie_threshold", 0, 1 << 20, True), ("half_open_timeout", 1, 3600, False),
+                                  ("retransmit_timeout", 0.05, 60, False), ("retransmit_base", 1, 4, False),
+                                  ("retransmit_tries", 1, 20, True)):
+        if name in t:
+            kw[name] = _number(t[name], f"ike.{name}", lo, hi, integer=integer)
+    if "initial_contact" in t:
+        if not isinstance(t["initial_contact"], bool):
+            raise ConfigError("expected true or false", key="ike.initial_contact")
+        kw["initial_contact"] = t["initial_contact"]
+    return IkeSettings(**kw)
+
+
+def connection(t: Mapping[str, Any], key: str, index: int, peers: Mapping[str, Any]) -> Connection:
+    """One ``[[connection]]`` table; *peers* maps PAD names to entries (the peer must exist)."""
+    unknown = sorted(set(t) - _CONN_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(_CONN_KEYS))})", key=key)
+    for required in ("name", "peer", "local_ts", "remote_ts"):
+        if required not in t:
+            raise ConfigError(f"missing required key {required!r}", key=key)
+    name = _strs(t["name"], f"{key}.name")[0]
+    peer = _strs(t["peer"], f"{key}.peer")[0]
+    if peer not in peers:
+        raise ConfigError(f"no [[peer]] is named {peer!r}", key=f"{key}.peer")
+    remote = None
+    if "remote" in t:
+        try:
+            remote = ipaddress.ip_address(_strs(t["remote"], f"{key}.remote")[0])
+        except ValueError:
+            raise ConfigError(f"{t['remote']!r} is not an IP address", key=f"{key}.remote") from None
+    nets = {}
+    for side in ("local_ts", "remote_ts"):
+        items = _strs(t[side], f"{key}.{side}")
+        try:
+            nets[side] = tuple(ipaddress.ip_network(x, strict=False) for x in items)
+        except ValueError as exc:
+            raise ConfigError(str(exc), key=f"{key}.{side}") from None
+    props = {}
+    for kind, parse, default in (("ike_proposals", parse_ike, DEFAULT_IKE), ("esp_proposals", parse_esp, DEFAULT_ESP)):
+        words = _strs(t[kind], f"{key}.{kind}") if kind in t else default
+        out = []
+        for j, w in enumerate(words):
+            try:
+                out.append(parse(w))
+            except ConfigError as exc:
+                raise ConfigError(exc.message, key=f"{key}.{kind}[{j}]") from None
+        props[kind] = tuple(out)
+    kw: dict[str, Any] = {}
+    for item in ("local_id", "remote_id"):
+        if item in t:
+            kw[item] = _identity(t[item], f"{key}.{item}")
+    if "start" in t:
+        if t["start"] not in _START:
+            raise ConfigError(f"must be one of {', '.join(_START)}, got {t['start']!r}", key=f"{key}.start")
+        kw["start"] = t["start"]
+        if t["start"] != "none" and remote is None:
+            raise ConfigError(f"start = {t['start']!r} initiates: the connection needs 'remote'", key=f"{key}.start")
+    for item, lo, hi in (("ike_rekey", 10, 30 * 86400), ("child_rekey", 10, 30 * 86400), ("jitter", 0, 0.5),
+                         ("dpd", 0, 86400)):
+        if item in t:
+            kw[item] = float(_number(t[item], f"{key}.{item}", lo, hi))
+    if "encap" in t:
+        if not isinstance(t["encap"], bool):
+            raise ConfigError("expected true or false", key=f"{key}.encap")
+        kw["encap"] = t["encap"]
+    if "replay_window" in t:
+        kw["replay_window"] = _number(t["replay_window"], f"{key}.replay_window", 0, 1 << 20, integer=True)
+    if "backend" in t:
+        if t["backend"] not in ("auto", "openssl", "ipsecmb"):
+            raise ConfigError("must be auto, openssl or ipsecmb", key=f"{key}.backend")
+        kw["backend"] = t["backend"]
+    reqid = _number(t.get("reqid", 0x10000 + index), f"{key}.reqid", 1, 0xFFFFFFFF, integer=True)
+    return Connection(name, peer, remote, nets["local_ts"], nets["remote_ts"], reqid, props["ike_proposals"],
+                      props["esp_proposals"], **kw)

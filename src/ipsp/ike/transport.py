@@ -1,0 +1,191 @@
+"""The IKE daemon's I/O: :class:`ipsp.ike.ikesa.Ike` on an asyncio loop in a thread of its own.
+
+UDP 500 is the daemon's socket. UDP 4500 (NAT traversal, RFC 3948 and RFC 7296 2.23) carries
+both ESP and IKE; IKE there starts with the four-byte non-ESP marker. Inside ``ipsp gateway``
+the gateway owns the 4500 socket (its ESP data plane) and hands the daemon what carries the
+marker (:meth:`IkeDaemon.feed`); the daemon sends through the same socket, so its IKE and the
+ESP leave from one address and port, as the peer's NAT mapping needs. Standalone the daemon
+opens 4500 itself.
+
+Engine events reach the protocol on its own thread: ``acquire`` (a trap policy's first
+packet) starts a negotiation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import threading
+import time
+from typing import Callable
+
+from ipsp.ike import certs
+from ipsp.ike.config import Connection, IkeSettings
+from ipsp.ike.ikesa import Ike
+
+__all__ = ["IkeDaemon", "NON_ESP_MARKER", "load_credentials"]
+
+log = logging.getLogger("ipsp.ike")
+
+NON_ESP_MARKER = b"\0\0\0\0"       # RFC 3948 2.2
+TICK = 0.1                         # retransmission and timer resolution, seconds
+
+
+def load_credentials(settings: IkeSettings, pad) -> tuple[certs.Credential | None, certs.TrustStore | None]:
+    """Our certificate and key, and the trust anchors ([ike].cacerts plus each pubkey peer's
+    ca) with the CRLs; ConfigError names the file that is wrong."""
+    credential = certs.Credential.load(settings.cert, settings.key, settings.chain) if settings.cert else None
+    anchors = list(dict.fromkeys([*settings.cacerts, *(p.ca for p in pad if p.auth == "pubkey" and p.ca)]))
+    trust = certs.TrustStore.load(anchors, settings.crls) if anchors else None
+    return credential, trust
+
+
+class _Endpoint(asyncio.DatagramProtocol):
+    def __init__(self, daemon: "IkeDaemon", port: int, marker: bool):
+        self.daemon, self.port, self.marker = daemon, port, marker
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        if self.marker:
+            if len(data) <= 4 or data[:4] != NON_ESP_MARKER:
+                return                      # ESP or a keepalive: not for IKE
+            data = data[4:]
+        self.daemon.ike.receive(data, (addr[0], addr[1]), self.port)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("IKE socket on port %d: %s", self.port, exc)
+
+
+class IkeDaemon:
+    """``start()``, then ``feed()`` from the gateway's receive thread; ``stop()``."""
+
+    def __init__(self, engine, settings: IkeSettings, connections: tuple[Connection, ...], local, *,
+                 nat_socket: socket.socket | None = None, clock: Callable[[], float] = time.monotonic):
+        self.engine = engine
+        self.settings = settings
+        self.local = str(local)
+        self.nat_socket = nat_socket
+        credential, trust = load_credentials(settings, engine.km.pad)
+        self.ike = Ike(engine.km, engine.km.pad, settings, connections, local=local, send=self._send, clock=clock,
+                       credential=credential, trust=trust, changes=engine.changes)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._transports: dict[int, asyncio.DatagramTransport] = {}
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        engine.km.on("acquire", self._on_acquire)
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="ipsp-ike", daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        try:
+            self.loop.run_until_complete(self._open())
+        except BaseException as exc:          # a socket we cannot bind: start() raises it
+            self._error = exc
+            self._ready.set()
+            self.loop.close()
+            return
+        self._ready.set()
+        ticker = self.loop.create_task(self._ticks())
+        self.loop.run_forever()
+        ticker.cancel()
+        with contextlib.suppress(BaseException):
+            self.loop.run_until_complete(ticker)
+        for t in self._transports.values():
+            t.close()
+        self.loop.run_until_complete(asyncio.sleep(0))
+        self.loop.close()
+
+    async def _open(self) -> None:
+        ports = [(self.settings.port, False)]
+        if self.nat_socket is None:
+            ports.append((self.settings.nat_port, True))
+        for port, marker in ports:
+            transport, _ = await self.loop.create_datagram_endpoint(
+                lambda port=port, marker=marker: _Endpoint(self, port, marker), local_addr=(self.local, port),
+                reuse_port=False)
+            self._transports[port] = transport
+        self.ike.start()
+
+    async def _ticks(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            try:
+                self.ike.tick()
+            except Exception:
+                log.exception("IKE timer failed")
+
+    def stop(self) -> None:
+        """Delete our IKE SAs (a Delete each), remove what they installed, stop the thread."""
+        if self.loop is None or self._thread is None:
+            return
+        done = threading.Event()
+
+        def close() -> None:
+            try:
+                self.ike.close()
+            finally:
+                done.set()
+                self.loop.stop()
+
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(close)
+            done.wait(5)
+        self._thread.join(timeout=5)
+        self._thread = None
+
+    # -- I/O ----------------------------------------------------------------------------------------
+
+    def feed(self, data: bytes, remote: tuple[str, int]) -> None:
+        """An IKE message (marker removed) that arrived on the gateway's 4500 socket; any thread."""
+        if self.loop is not None and self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.ike.receive, data, remote, self.settings.nat_port)
+
+    def _send(self, data: bytes, remote: tuple[str, int], local_port: int) -> None:
+        try:
+            if local_port == self.settings.port:
+                self._transports[self.settings.port].sendto(data, remote)
+            elif self.nat_socket is not None:
+                self.nat_socket.sendto(NON_ESP_MARKER + data, remote)
+            else:
+                self._transports[self.settings.nat_port].sendto(NON_ESP_MARKER + data, remote)
+        except OSError as exc:
+            log.info("sending IKE to %s:%d: %s", remote[0], remote[1], exc)
+
+    def call(self, fn: Callable, *args, timeout: float = 10):
+        """Run fn(*args) on the daemon's thread and return its result (for control commands)."""
+        if self.loop is None or not self.loop.is_running():
+            raise RuntimeError("the IKE daemon is not running")
+        return asyncio.run_coroutine_threadsafe(self._call(fn, *args), self.loop).result(timeout)
+
+    @staticmethod
+    async def _call(fn: Callable, *args):
+        return fn(*args)
+
+    def _on_acquire(self, event) -> None:
+        if self.loop is not None and self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.ike.acquire, event.policy.reqid)
+
+    def status(self) -> dict:
+        """IKE SAs, Child SAs and counters, for `ipsp stats` (no keys)."""
+        def snapshot() -> dict:
+            return {
+                "ike_sas": [{"connection": sa.conn.name if sa.conn else None, "state": sa.state,
+                             "initiator": sa.initiator, "spi_i": sa.spi_i.hex(), "spi_r": sa.spi_r.hex(),
+                             "remote": f"{sa.remote[0]}:{sa.remote[1]}", "proposal": sa.proposal.name if sa.proposal
+                             else None, "peer": str(sa.peer_id) if sa.peer_id else None,
+                             "children": [{"spi_in": f"{c.spi_in:08x}", "spi_out": f"{c.spi_out:08x}",
+                                           "proposal": c.proposal.name, "state": c.state} for c in sa.children]}
+                            for sa in self.ike.ike_sas()],
+                "counters": dict(self.ike.stats),
+            }
+        return self.call(snapshot)
