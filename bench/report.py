@@ -17,11 +17,14 @@ STAGE_BATCH = 256
 def main(path):
     with open(path) as f:
         data = json.load(f)
-    kern, floor, threads, engine, spd, stages = {}, {}, [], {}, {}, {}
+    kern, floor, threads, engine, spd, stages, ike = {}, {}, [], {}, {}, {}, {}
     for b in data["benchmarks"]:
         info = b["extra_info"]
         if "speedup" in info:
             threads.append(info)
+            continue
+        if info.get("stage") == "ike":
+            ike[info["case"]] = b["stats"]["min"]
             continue
         if info.get("stage") in STAGES:
             key = (info["stage"], info.get("proposal"), info.get("backend"), info["size"], info["packets"],
@@ -42,6 +45,12 @@ def main(path):
         (floor if info.get("floor") else kern)[key] = ns
     print(f"machine: {data['machine_info'].get('cpu', {}).get('brand_raw', '?')}; "
           f"{data['datetime']}; min of rounds, ns per packet")
+    if "handshake" in ike:
+        hs = ike["handshake"]
+        line = f"IKE: {1 / hs:,.0f} handshakes/s (IKE_SA_INIT + IKE_AUTH, PSK, x25519, {hs * 1e6:.0f} us)"
+        if "floor" in ike:
+            line += f"; floor (2 X25519 key pairs + 2 exchanges) {ike['floor'] * 1e6:.0f} us: {hs / ike['floor']:.1f}x"
+        print(line)
     if kern or not stages:
         print(f"{'proposal':18} {'backend':8} {'dir':13} {'size':>5} {'batch':>5} {'kernel':>8} {'floor':>8} {'ratio':>6}")
     for key in sorted(kern):

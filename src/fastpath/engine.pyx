@@ -29,10 +29,14 @@ from fastpath.status import Status as _Status
 cdef enum:
     # what an arriving packet is, before any SA is involved
     ARRIVED_ESP = 0
-    ARRIVED_CLEAR = 1           # not ESP (IKE's non-ESP marker included): the inbound SPD decides
+    ARRIVED_CLEAR = 1           # not ESP: the inbound SPD decides
     ARRIVED_KEEPALIVE = 2       # RFC 3948 2.3
     ARRIVED_FRAGMENT = 3        # the IP layer reassembles before ESP (RFC 4303 3.4.1)
     ARRIVED_BAD = 4
+    # IKE behind the non-ESP marker (RFC 3948 2.2) on an ESP-in-UDP port: the key manager's,
+    # never subject to the SPD (RFC 4301 5.2: IKE is always let through, like strongSwan's
+    # socket bypass policies)
+    ARRIVED_IKE = 5
 
 
 cdef inline uint32_t spi_hash(uint32_t spi, uint32_t mask) noexcept nogil:
@@ -229,8 +233,10 @@ cdef inline int arrived(EngineTables t, const uint8_t *p, uint32_t n, uint32_t *
                 off += UDP_HDR_LEN
                 if n - off == 1 and p[off] == 0xff:
                     return ARRIVED_KEEPALIVE
-                if n - off < 4 or fp_load_be32(p + off) == 0:
-                    return ARRIVED_CLEAR       # the non-ESP marker: IKE, for the key manager
+                if n - off < 4:
+                    return ARRIVED_CLEAR
+                if fp_load_be32(p + off) == 0:
+                    return ARRIVED_IKE
                 spi[0] = fp_load_be32(p + off)
                 return ARRIVED_ESP
     return ARRIVED_CLEAR
@@ -555,7 +561,7 @@ cdef class EngineCore:
                 s.order[n - nclear] = i
                 st = Status.NOT_PROCESSED      # decided below
             else:
-                st = (Status.NAT_KEEPALIVE if k == ARRIVED_KEEPALIVE else
+                st = (Status.NAT_KEEPALIVE if k == ARRIVED_KEEPALIVE else Status.BYPASS if k == ARRIVED_IKE else
                       Status.FRAGMENT if k == ARRIVED_FRAGMENT else Status.BAD_IP_HEADER)
             s.slot_of[i] = slot
             if slot_out != NULL:

@@ -265,7 +265,8 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
         _json(summary)
         return 0
     e = cfg.engine
-    print(f"{args.file}: OK: {len(cfg.peers)} peers, {len(cfg.policies)} policies, {len(cfg.sas)} SAs")
+    print(f"{args.file}: OK: {len(cfg.peers)} peers, {len(cfg.policies)} policies, {len(cfg.sas)} SAs, "
+          f"{len(cfg.connections)} IKE connections")
     print(f"engine: control_socket {e.control_socket or '-'}, rekey_grace {e.rekey_grace:g} s, "
           f"log_interval {e.log_interval:g} s")
     g = cfg.gateway
@@ -279,6 +280,11 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
                                ("SAs", summary["sas"], lambda rows: _sa_table(rows, live=False))):
         if rows:
             print(f"\n{title}:\n{table(rows)}")
+    for c in summary["connections"]:
+        print(f"\nconnection {c['name']}: peer {c['peer']} at {c['remote'] or '(responder only)'}, "
+              f"{','.join(c['local_ts'])} === {','.join(c['remote_ts'])}, reqid {c['reqid']}, start {c['start']}\n"
+              f"  IKE {', '.join(c['ike_proposals'])}; ESP {', '.join(c['esp_proposals'])}; rekey IKE "
+              f"{c['ike_rekey']:g} s, child {c['child_rekey']:g} s; dpd {c['dpd']:g} s")
     return 0
 
 
@@ -490,6 +496,29 @@ def _cmd_reload(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ike(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if args.ike_command == "status":
+        status = client.call("ike", action="status")
+        if args.json:
+            _json(status)
+            return 0
+        for sa in status["ike_sas"]:
+            role = "initiator" if sa["initiator"] else "responder"
+            print(f"{sa['connection'] or '?'}: {sa['state']} {role} {sa['spi_i']}_i {sa['spi_r']}_r "
+                  f"{sa['remote']} {sa['proposal'] or ''} {sa['peer'] or ''}")
+            for c in sa["children"]:
+                print(f"  child {c['spi_in']}_i {c['spi_out']}_o {c['proposal']} {c['state']}")
+        print("counters: " + ", ".join(f"{k} {v}" for k, v in status["counters"].items() if v))
+        return 0
+    params = {"action": args.ike_command, "connection": args.connection}
+    if args.ike_command == "rekey":
+        params["ike"] = args.ike
+    result = client.call("ike", **params)
+    print(f"{args.ike_command} {args.connection}: {result.get('started', 'ok')}")
+    return 0
+
+
 def _spi(text: str) -> int:
     try:
         return int(text, 0)
@@ -626,7 +655,24 @@ def _add_control_parsers(sub) -> argparse.ArgumentParser:
     rl.add_argument("file", nargs="?", metavar="FILE")
     rl.set_defaults(func=_cmd_reload)
 
-    for parser in (e, g, cc, *sa.choices.values(), *pol.choices.values(), st, ev, rl):
+    ike = sub.add_parser("ike", help="the IKEv2 daemon of a running gateway").add_subparsers(
+        dest="ike_command", required=True)
+    ik_st = ike.add_parser("status", help="IKE SAs, Child SAs and counters")
+    socket_opt(ik_st)
+    json_opt(ik_st)
+    ik_cmds = [ik_st]
+    for action, text in (("initiate", "bring a connection up"), ("terminate", "delete a connection's IKE SA"),
+                         ("rekey", "rekey a connection's Child SAs (--ike: its IKE SA)")):
+        ik = ike.add_parser(action, help=text)
+        socket_opt(ik)
+        ik.add_argument("connection", metavar="CONNECTION")
+        if action == "rekey":
+            ik.add_argument("--ike", action="store_true", help="rekey the IKE SA instead")
+        ik_cmds.append(ik)
+    for ik in ik_cmds:
+        ik.set_defaults(func=_cmd_ike)
+
+    for parser in (e, g, cc, *sa.choices.values(), *pol.choices.values(), st, ev, rl, *ik_cmds):
         parser.set_defaults(error_status=1)
     return add
 

@@ -95,7 +95,17 @@ def peer_row(p) -> dict:
 def config_summary(cfg: Config) -> dict:
     return {"path": cfg.path, "engine": plain(cfg.engine), "peers": [peer_row(p) for p in cfg.peers],
             "policies": [policy_row(p) for p in cfg.policies], "sas": [manual_sa_row(m) for m in cfg.sas],
-            "gateway": plain(cfg.gateway)}
+            "gateway": plain(cfg.gateway), "ike": None if cfg.ike is None else {
+                k: v for k, v in plain(cfg.ike).items() if k != "key"},
+            "connections": [connection_row(c) for c in cfg.connections]}
+
+
+def connection_row(c) -> dict:
+    return {"name": c.name, "peer": c.peer, "remote": None if c.remote is None else str(c.remote),
+            "local_ts": [str(n) for n in c.local_ts], "remote_ts": [str(n) for n in c.remote_ts],
+            "reqid": c.reqid, "ike_proposals": [p.name for p in c.ike_proposals],
+            "esp_proposals": [p.name for p in c.esp_proposals], "start": c.start, "ike_rekey": c.ike_rekey,
+            "child_rekey": c.child_rekey, "dpd": c.dpd, "encap": c.encap}
 
 
 # -- requests -----------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ import socket
 import sys
 import threading
 import time
+from typing import Any
 
 from fastpath import TUNNEL, Status, netio
 
@@ -553,6 +554,7 @@ class GatewayControl(ControlServer):
     def __init__(self, gateway: Gateway, path, *, config_path=None):
         super().__init__(gateway.engine, path, config_path=config_path)
         self.gateway = gateway
+        self._ops["ike"] = self._ike
 
     def _stats(self, params: dict) -> dict:
         out = {**super()._stats(params), "gateway": self.gateway.stats()}
@@ -562,6 +564,28 @@ class GatewayControl(ControlServer):
 
     def _prometheus(self, params: dict) -> str:
         return super()._prometheus(params) + self.gateway.prometheus()
+
+    def _ike(self, params: dict) -> Any:
+        """``ipsp ike``: status, or initiate / terminate / rekey a connection."""
+        daemon = self.gateway.ike
+        if daemon is None:
+            raise ConfigError("this gateway has no [[connection]]: no IKE daemon runs")
+        action = params.get("action", "status")
+        if action == "status":
+            return daemon.status()
+        name = params.get("connection")
+        if not isinstance(name, str):
+            raise ConfigError(f"ike {action} needs the name of a connection")
+        ike = daemon.ike
+        if action == "initiate":
+            daemon.call(ike.initiate, name)
+            return {"connection": name}
+        if action == "terminate":
+            daemon.call(ike.terminate, name)
+            return {"connection": name}
+        if action == "rekey":
+            return {"connection": name, "started": daemon.call(lambda: ike.rekey(name, ike=bool(params.get("ike"))))}
+        raise ConfigError(f"unknown ike action {action!r} (status, initiate, terminate, rekey)")
 
     def apply(self, cfg: Config) -> None:
         if cfg.gateway is None:

@@ -52,8 +52,8 @@ class Pair:
 
     def _side(self, name, addr, remote, mine, theirs, conn_kw, peer_kw, settings, kw) -> Side:
         other = "b" if name == "a" else "a"
-        pad = PeerAuthorizationDatabase([Peer(other, (Identity("fqdn", f"{other}.ipsp.test"),), "psk", psk=PSK,
-                                              **peer_kw)])
+        pad = PeerAuthorizationDatabase([Peer(other, (Identity("fqdn", f"{other}.ipsp.test"),),
+                                              **{"auth": "psk", "psk": PSK, **peer_kw})])
         table = {"name": f"{name}-to-{other}", "peer": other, "remote": remote, "local_ts": [mine],
                  "remote_ts": [theirs], "local_id": f"fqdn:{name}.ipsp.test", "reqid": 7, **conn_kw}
         peers = {p.name: p for p in pad}
@@ -85,8 +85,9 @@ class Pair:
         end = self.clock.now + seconds
         while self.clock.now < end:
             self.clock.now = min(end, self.clock.now + step)
-            self.a.ike.tick()
-            self.b.ike.tick()
+            for side in (self.a, self.b):
+                side.km.tick()                # lifetimes, and retired SAs past their grace
+                side.ike.tick()
             self.run()
 
     def connect(self) -> None:

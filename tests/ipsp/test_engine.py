@@ -204,18 +204,19 @@ def test_sa_match_selector_limits_a_manual_sa():
 
 
 def test_keepalives_fragments_and_ike_on_4500():
+    """IKE behind the non-ESP marker is BYPASS with no policy saying so (the key manager's);
+    other clear traffic meets the inbound SPD, here empty."""
     gw2 = Engine(clock=Clock())
-    gw2.km.add_policy(PolicySelector(N("198.51.100.0/24"), N("192.0.2.0/24"), proto=17, dport=(4500, 4500)),
-                      Action.BYPASS, Direction.IN)
     keepalive = udp("198.51.100.7", "192.0.2.2", 0, sport=4500, dport=4500, size=29)
     keepalive = keepalive[:28] + b"\xff"
     ike = udp("198.51.100.7", "192.0.2.2", 1, sport=4500, dport=4500, size=60)
     ike = ike[:28] + bytes(4) + ike[32:]                  # the non-ESP marker
     frag = bytearray(udp("198.51.100.7", "192.0.2.2", 2))
     frag[6] |= 0x20                                       # more fragments
-    b = Batch([keepalive, ike, bytes(frag)])
+    other = udp("198.51.100.7", "192.0.2.2", 3, sport=500, dport=500, size=60)
+    b = Batch([keepalive, ike, bytes(frag), other])
     gw2.inbound(b.buf, b.off, b.lens, b.status)
-    assert b.statuses() == ["NAT_KEEPALIVE", "BYPASS", "FRAGMENT"]
+    assert b.statuses() == ["NAT_KEEPALIVE", "BYPASS", "FRAGMENT", "NO_POLICY"]
 
 
 def test_hard_packet_limit_stops_the_sa_within_the_batch():

@@ -339,6 +339,25 @@ class Ike:
             if sa.conn is not None and sa.conn.name == name and sa.state == "established":
                 self.delete_ike(sa)
 
+    def rekey(self, name: str, *, ike: bool = False) -> int:
+        """Rekey the connection's Child SAs (or its IKE SA); returns how many rekeys started."""
+        if name not in self.connections:
+            raise ConfigError(f"no connection is named {name!r}")
+        started = 0
+        for sa in list(self.sas.values()):
+            if sa.conn is None or sa.conn.name != name or sa.state != "established":
+                continue
+            if ike:
+                if not sa.rekeying:
+                    self.rekey_ike(sa)
+                    started += 1
+                continue
+            for child in list(sa.children):
+                if child.state == "installed":
+                    self.rekey_child(child)
+                    started += 1
+        return started
+
     def rekey_child(self, child: ChildSA) -> None:
         ike = self._owner(child)
         if ike is None or child.state != "installed":
@@ -1045,7 +1064,9 @@ class Ike:
             return [Notify(0, b"", NotifyType.NO_PROPOSAL_CHOSEN)]
         remote_ok = conn.remote_ts
         if sa.peer is not None and sa.peer.allowed:
-            remote_ok = tuple(n for n in conn.remote_ts if sa.peer.may_claim(n)) or ()
+            # what the PAD lets this peer claim bounds what the connection offers (RFC 4301 4.4.3.4)
+            remote_ok = tuple(a if a.subnet_of(b) else b for a in conn.remote_ts for b in sa.peer.allowed
+                              if a.version == b.version and (a.subnet_of(b) or b.subnet_of(a)))
         ts_i, ts_r = narrow(tsi.selectors, remote_ok), narrow(tsr.selectors, conn.local_ts)
         if not ts_i or not ts_r:
             self.stats["ts_unacceptable"] += 1
