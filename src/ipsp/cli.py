@@ -265,8 +265,8 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
         _json(summary)
         return 0
     e = cfg.engine
-    print(f"{args.file}: OK: {len(cfg.peers)} peers, {len(cfg.policies)} policies, {len(cfg.sas)} SAs, "
-          f"{len(cfg.connections)} IKE connections")
+    ike = f", {len(cfg.connections)} IKE connections" if cfg.connections else ""
+    print(f"{args.file}: OK: {len(cfg.peers)} peers, {len(cfg.policies)} policies, {len(cfg.sas)} SAs{ike}")
     print(f"engine: control_socket {e.control_socket or '-'}, rekey_grace {e.rekey_grace:g} s, "
           f"log_interval {e.log_interval:g} s")
     g = cfg.gateway

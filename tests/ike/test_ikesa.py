@@ -17,8 +17,7 @@ import ike_loop
 import ike_pki
 from ipsp.ike import certs
 from ipsp.ike.config import IkeSettings
-from ipsp.ike.message import ExchangeType, Message, NotifyType
-from ipsp.pad import Identity, Peer, PeerAuthorizationDatabase
+from ipsp.ike.message import ExchangeType, Message
 from ipsp.sad import SAStateName
 from ipsp.spd import Action, Direction
 

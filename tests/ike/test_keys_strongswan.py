@@ -13,6 +13,7 @@ IKE SA rekeys from either side.
 
 from __future__ import annotations
 
+import re
 import select
 import shutil
 import socket
@@ -280,6 +281,11 @@ def test_keys_match_charon(topo, initiator, ike_proposal, esp_proposal):
     ours = Ours(topo, ike_proposal, esp_proposal)
     try:
         _run(topo, ours, charon, initiator)
+        # the Child SA rekeys (both directions) carried a KE payload exactly when PFS is configured
+        rekeys = re.findall(r"(?:parsed|generating) CREATE_CHILD_SA request \d+ \[ N\(REKEY_SA\) ([^\]]*)\]",
+                            charon.log_text())
+        assert len(rekeys) >= 3, rekeys
+        assert all(("KE" in r.split()) == ("modp" in esp_proposal) for r in rekeys), rekeys
     finally:
         charon.stop()
         ours.ike.close()
@@ -311,14 +317,15 @@ def _run(topo: Topo, ours: Ours, charon, initiator: str) -> None:
     check_child_keys(ours, charon, we_initiated=initiator == "ours")
 
     def rekeyed_child():
-        """A new installed Child SA, the old one gone from both our list and the km."""
+        """A new installed Child SA (both its SAs in the km), the old one retired. (The old
+        SAs stay in the key manager for its rekey grace: by design, see _remove_child.)"""
         sa = ours.established()
         if len(sa) != 1:
             return False
         kids = sa[0].children
         inst = ours.installed()
         return (len(kids) == 1 and kids[0].state == "installed" and kids[0].spi_in not in seen
-                and set(inst["in"]) == {kids[0].spi_in} and set(inst["out"]) == {kids[0].spi_out})
+                and kids[0].spi_in in inst["in"] and kids[0].spi_out in inst["out"])
 
     # 2. child rekey, ours initiating, then charon initiating
     for by in ("ours", "charon"):

@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterable
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from ipsp.errors import ConfigError
 from ipsp.ike import certs
@@ -284,7 +285,8 @@ class Ike:
             "received", "sent", "malformed", "integrity_failed", "unknown_spi", "unexpected", "retransmits",
             "responses_resent", "cookies_sent", "cookies_refused", "no_proposal", "invalid_ke", "auth_failed",
             "ts_unacceptable", "ike_established", "ike_rekeyed", "ike_deleted", "child_installed",
-            "child_rekeyed", "child_deleted", "dead_peers", "temporary_failures", "fragments_dropped"), 0)
+            "child_rekeyed", "child_deleted", "dead_peers", "temporary_failures", "fragments_dropped",
+            "half_open_created"), 0)
         self._cookie_secrets = [(0, os.urandom(32))]
         self._cookie_rotated = clock()
         self._policies: dict[tuple, tuple[list[Policy], int]] = {}
@@ -546,6 +548,14 @@ class Ike:
                 return
         elif h.message_id != sa.mid_in:
             if sa.last_response is not None and h.message_id == sa.last_response[0]:
+                try:
+                    sa.unseal(data, msg)                # only an authentic retransmission is answered
+                except IntegrityError:
+                    self.stats["integrity_failed"] += 1
+                    return
+                except (MalformedMessage, UnsupportedCriticalPayload):
+                    self.stats["malformed"] += 1
+                    return
                 self.stats["responses_resent"] += 1     # RFC 7296 2.1: the response was lost
                 self.transmit(sa, sa.last_response[1])
             else:
@@ -722,6 +732,7 @@ class Ike:
         sa.mid_in = 1
         self.sas[sa.spi_r] = sa
         self.half_open[key] = sa
+        self.stats["half_open_created"] += 1
         self.transmit(sa, sa.init_response)
 
     def _init_response(self, msg: Message, data: bytes, remote: tuple[str, int]) -> None:
@@ -803,8 +814,8 @@ class Ike:
         if self.credential is None:
             raise _Refused(NotifyType.AUTHENTICATION_FAILED, f"peer {peer.name!r} wants certificates and we have none")
         method, data = sign(self.credential.key, octets)
-        out: list[Payload] = [CERT(certs.CERT_ENCODING_X509_SIGNATURE, self.credential.cert.public_bytes(_DER))]
-        out += [CERT(certs.CERT_ENCODING_X509_SIGNATURE, c.public_bytes(_DER)) for c in self.credential.chain]
+        out: list[Payload] = [CERT(certs.CERT_ENCODING_X509_SIGNATURE, self.credential.cert.public_bytes(Encoding.DER))]
+        out += [CERT(certs.CERT_ENCODING_X509_SIGNATURE, c.public_bytes(Encoding.DER)) for c in self.credential.chain]
         return out + [AUTH(method, data)]
 
     def _check_auth(self, sa: IkeSA, payloads: tuple[Payload, ...], id_p: Payload, remote_addr: str,
@@ -1049,7 +1060,7 @@ class Ike:
             self.delete_child(rekey)
 
     def _child_request(self, sa: IkeSA, conn: Connection, payloads: tuple[Payload, ...], ni: bytes, nr: bytes,
-                       dh, rekeying: ChildSA | None) -> list[Payload]:
+                       pfs: tuple[int, bytes] | None, rekeying: ChildSA | None) -> list[Payload]:
         """The responder's end: choose, narrow, install; returns the payloads of the answer
         (SA, TSi, TSr, or an error notify: the IKE SA stays either way)."""
         sa_p, tsi, tsr = _one(payloads, SA), _one(payloads, TSi), _one(payloads, TSr)
@@ -1057,7 +1068,7 @@ class Ike:
             return [Notify(0, b"", NotifyType.INVALID_SYNTAX)]
         try:
             chosen, accepted = choose_esp(sa_p.proposals, conn.esp_proposals,
-                                          pfs_group=dh.group.id if dh is not None else None)
+                                          pfs_group=pfs[0] if pfs is not None else None)
         except NoProposalChosen as exc:
             self.stats["no_proposal"] += 1
             log.warning("%s: Child SA: %s: NO_PROPOSAL_CHOSEN", conn.name, exc)
@@ -1076,7 +1087,7 @@ class Ike:
             return [Notify(0, b"", NotifyType.TS_UNACCEPTABLE)]
         spi_out = int.from_bytes(accepted.spi, "big")
         spi_in = self.km.get_spi(self.local)
-        shared = b"" if dh is None else dh[1]
+        shared = b"" if pfs is None else pfs[1]
         child = self._install(sa, conn, chosen, spi_in, spi_out, ts_r, ts_i, ni, nr, shared, we_initiated=False,
                               outbound_now=rekeying is None)
         if rekeying is not None:
@@ -1166,15 +1177,8 @@ class Ike:
             except CryptoError:
                 sa.respond(h.exchange_type, h.message_id, (Notify(0, b"", NotifyType.INVALID_SYNTAX),))
                 return
-
-        class _Pfs:  # what _child_request needs of the DH: its group and the shared secret
-            def __init__(self, pair):
-                self.group, self.pair = pair[0].group, pair
-
-            def __getitem__(self, i):
-                return self.pair[i]
-
-        answer = self._child_request(sa, conn, payloads, nonce.data, nr, _Pfs(dh) if dh else None, rekeying)
+        answer = self._child_request(sa, conn, payloads, nonce.data, nr,
+                                     (dh[0].group.id, dh[1]) if dh is not None else None, rekeying)
         if any(isinstance(p, SA) for p in answer):
             answer.insert(1, Nonce(nr))
             if dh is not None:
@@ -1317,8 +1321,9 @@ class Ike:
                 self.rekey_child(child)
 
     def _ike_for(self, conn: Connection) -> IkeSA | None:
-        return next((s for s in self.sas.values() if s.conn is conn and s.state in ("init", "auth", "established")
-                     and s.initiator or (s.conn is conn and s.state == "established")), None)
+        """The IKE SA serving *conn*: an established one, or one we are negotiating."""
+        return next((s for s in self.sas.values() if s.conn is conn and (
+            s.state == "established" or (s.initiator and s.state in ("init", "auth")))), None)
 
     def _children(self, conn: Connection, besides: ChildSA | None = None) -> list[ChildSA]:
         return [c for s in self.sas.values() for c in s.children if c.conn is conn and c is not besides]
@@ -1371,7 +1376,3 @@ class Ike:
             with contextlib.suppress(KeyError, ConfigError):
                 self.km.del_policy(p.id)
 
-
-from cryptography.hazmat.primitives.serialization import Encoding as _Encoding  # noqa: E402
-
-_DER = _Encoding.DER

@@ -1,0 +1,410 @@
+"""IKEv2 responder throughput: full IKE_SA_INIT + IKE_AUTH handshakes per second (PSK,
+aes128gcm16-prfsha256-x25519 for IKE, aes128gcm16 for the Child SA) answered by strongSwan's
+charon and by ``ipsp gateway``, each in a network namespace of its own run, driven by the
+same initiator: our sans-IO :class:`ipsp.ike.ikesa.Ike` in this process, its sockets inside
+namespace ``bp-init`` (the pump of tests/ike/test_keys_strongswan.py).
+
+    bench process (Ike)  192.0.2.1 to-bp-resp === 192.0.2.2 to-bp-init  charon | ipsp gateway
+
+The initiator holds N connections (``peer0..``), each its own IKE SA and Child SA with its own
+reqid and /32 selector pair 10.50.x.y/32 === 10.60.x.y/32; at most WINDOW are in flight at
+once. A round is timed from the first IKE_SA_INIT to the N-th Child SA installed on our side
+(the IKE_AUTH response processed: the responder has done all of its work). The responder is
+started afresh before every round (untimed), holds one connection (10.60.0.0/16 ===
+10.50.0.0/16, narrowed to each /32) and keeps every IKE SA (charon: ``unique = never``; our
+initiator sends no INITIAL_CONTACT).
+
+Both responders: cookies and charon's per-peer half-open block are out of the way
+(cookie_threshold / block_threshold far above WINDOW); charon logs at level 0 in every group
+(the harness's default is ike/chd 4, which writes keys) and installs no routes
+(``install_routes = no``; the gateway routes 10.50.0.0/16 into its TUN once at start); the
+gateway logs at its fixed INFO level on stderr to a file. Recorded per round besides the rate:
+the initiator's and the responder's CPU seconds per handshake.
+
+    PYTHONPATH=src:bench python -m pytest -q -p no:cacheprovider bench/test_bench_ike_peers.py \
+        --benchmark-only --benchmark-json /tmp/peers.json && python bench/report.py /tmp/peers.json
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import select
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if "strongswan" not in sys.modules:
+    _spec = importlib.util.spec_from_file_location("strongswan", ROOT / "tests" / "ike" / "strongswan.py")
+    sys.modules["strongswan"] = _mod = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_mod)
+ss = sys.modules["strongswan"]
+
+from ipsp.ike.config import IkeSettings, connection  # noqa: E402
+from ipsp.ike.ikesa import Ike  # noqa: E402
+from ipsp.keymgr import KeyManagerAPI  # noqa: E402
+from ipsp.pad import Identity, Peer, PeerAuthorizationDatabase  # noqa: E402
+
+N = int(os.environ.get("IKE_PEERS_N", "200"))
+WINDOW = int(os.environ.get("IKE_PEERS_WINDOW", "16"))
+ROUNDS = int(os.environ.get("IKE_PEERS_ROUNDS", "3"))
+INIT, RESP = "192.0.2.1", "192.0.2.2"
+PSK = "ipsp-bench-peers-psk-0123456789abcdef"
+IKE_PROPOSAL, ESP_PROPOSAL = "aes128gcm16-prfsha256-x25519", "aes128gcm16"
+MARKER = b"\0\0\0\0"
+HZ = os.sysconf("SC_CLK_TCK")
+
+CHARON_EXTRA = """\
+charon {
+    install_routes = no
+    cookie_threshold = 100000
+    block_threshold = 100000
+    filelog {
+        main {
+            default = 0
+            ike = 0
+            chd = 0
+            knl = 0
+            cfg = 0
+            net = 0
+            enc = 0
+        }
+    }
+}
+"""
+
+SWANCTL = f"""\
+connections {{
+    peers {{
+        version = 2
+        local_addrs = {RESP}
+        remote_addrs = {INIT}
+        proposals = {IKE_PROPOSAL}
+        unique = never
+        rekey_time = 0
+        local {{
+            auth = psk
+            id = @resp.ipsp.test
+        }}
+        remote {{
+            auth = psk
+            id = @init.ipsp.test
+        }}
+        children {{
+            net {{
+                local_ts = 10.60.0.0/16
+                remote_ts = 10.50.0.0/16
+                esp_proposals = {ESP_PROPOSAL}
+                rekey_time = 0
+            }}
+        }}
+    }}
+}}
+secrets {{
+    ike-peers {{
+        id-resp = @resp.ipsp.test
+        id-init = @init.ipsp.test
+        secret = "{PSK}"
+    }}
+}}
+"""
+
+
+def gateway_toml(ctl: Path) -> str:
+    return f"""\
+[gateway]
+tun = "ipsp0"
+address = "10.60.0.1"
+local = "{RESP}"
+routes = ["10.50.0.0/16"]
+
+[engine]
+control_socket = "{ctl}"
+
+[ike]
+local_id = "fqdn:resp.ipsp.test"
+cookie_threshold = 100000
+
+[[peer]]
+name = "init"
+id = "fqdn:init.ipsp.test"
+auth = "psk"
+psk = "0x{PSK.encode().hex()}"
+
+[[connection]]
+name = "peers"
+peer = "init"
+local_ts = ["10.60.0.0/16"]
+remote_ts = ["10.50.0.0/16"]
+ike_proposals = ["{IKE_PROPOSAL}"]
+esp_proposals = ["{ESP_PROPOSAL}"]
+start = "none"
+dpd = 0
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / HZ
+
+
+# -- topology and responders ----------------------------------------------------------------------
+
+class Topo:
+    def __init__(self):
+        self.dir = ss.state_root()
+        self.init = ss.Netns("bp-init")
+        self.resp = ss.Netns("bp-resp")
+        ss.link(self.init, INIT, self.resp, RESP)
+        self.socks: dict[int, socket.socket] = {}
+        for port in (500, 4500):
+            s = ss.socket_in(self.init, socket.AF_INET, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            s.bind((INIT, port))
+            s.setblocking(False)
+            self.socks[port] = s
+        self.count = 0
+        self.responder = None
+
+    def drain(self) -> None:
+        for s in self.socks.values():
+            while True:
+                try:
+                    s.recvfrom(65535)
+                except BlockingIOError:
+                    break
+
+    def fresh_dir(self, role: str) -> Path:
+        self.count += 1
+        d = self.dir / f"{self.count}-{role}"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def stop_responder(self) -> None:
+        if self.responder is not None:
+            self.responder.stop()
+            self.responder = None
+
+    def teardown(self) -> None:
+        self.stop_responder()
+        ss.stop_all()
+        for s in self.socks.values():
+            s.close()
+        for ns in (self.init, self.resp):
+            ns.delete()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class SwanResponder:
+    name = "strongswan"
+
+    def __init__(self, topo: Topo):
+        self.charon = ss.Charon(topo.resp, topo.fresh_dir("swan"), swanctl_conf=SWANCTL, extra_conf=CHARON_EXTRA)
+        self.charon.start()
+
+    @property
+    def pid(self) -> int:
+        return self.charon.proc.pid
+
+    def established(self) -> tuple[int, int]:
+        """(IKE SAs established, Child SAs installed) as charon lists them."""
+        out = self.charon.swanctl("--list-sas", "--raw", timeout=60).stdout
+        return out.count("state=ESTABLISHED"), out.count("state=INSTALLED")
+
+    def log_tail(self) -> str:
+        return self.charon.tail(40)
+
+    def stop(self) -> None:
+        self.charon.stop()
+
+
+class IpspResponder:
+    name = "ipsp"
+
+    def __init__(self, topo: Topo):
+        d = topo.fresh_dir("ipsp")
+        self.ctl = d / "ctl.sock"
+        self.conf = d / "gw.toml"
+        self.conf.write_text(gateway_toml(self.ctl))
+        self.log = d / "gw.log"
+        self.env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+        self._out = open(self.log, "w")
+        self.proc = topo.resp.popen(sys.executable, "-m", "ipsp", "gateway", "--config", self.conf,
+                                    stdout=self._out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=self.env)
+        deadline = time.monotonic() + 20
+        while "ipsp gateway: ready" not in self.log.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"ipsp gateway did not start:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.02)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def established(self) -> tuple[int, int]:
+        r = subprocess.run([sys.executable, "-m", "ipsp", "ike", "status", "--json", "--socket", str(self.ctl)],
+                           env=self.env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        st = json.loads(r.stdout)
+        sas = [sa for sa in st["ike_sas"] if sa["state"] == "established"]
+        return len(sas), sum(1 for sa in sas for c in sa["children"] if c["state"] == "installed")
+
+    def log_tail(self) -> str:
+        return self.log.read_text()[-4000:]
+
+    def errors(self) -> list[str]:
+        return [ln for ln in self.log.read_text().splitlines() if re.search(r"Traceback|ERROR|Exception", ln)]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._out.close()
+
+
+RESPONDERS = {"strongswan": SwanResponder, "ipsp": IpspResponder}
+
+
+# -- the initiator --------------------------------------------------------------------------------
+
+class Initiator:
+    """N connections toward RESP, started WINDOW at a time by :meth:`run`."""
+
+    def __init__(self, topo: Topo, n: int):
+        self.topo = topo
+        pad = PeerAuthorizationDatabase([Peer("resp", (Identity("fqdn", "resp.ipsp.test"),), "psk",
+                                              psk=PSK.encode())])
+        peers = {p.name: p for p in pad}
+        conns = []
+        for i in range(n):
+            x, y = divmod(i + 1, 250)
+            table = {"name": f"peer{i}", "peer": "resp", "remote": RESP,
+                     "local_ts": [f"10.50.{x}.{y}/32"], "remote_ts": [f"10.60.{x}.{y}/32"],
+                     "local_id": "fqdn:init.ipsp.test", "reqid": 1000 + i,
+                     "ike_proposals": [IKE_PROPOSAL], "esp_proposals": [ESP_PROPOSAL], "dpd": 0}
+            conns.append(connection(table, f"connection[{i}]", i, peers))
+        self.names = [c.name for c in conns]
+        self.km = KeyManagerAPI(clock=time.monotonic)
+        self.ike = Ike(self.km, pad, IkeSettings(initial_contact=False), conns, local=INIT, send=self._send,
+                       clock=time.monotonic)
+
+    def _send(self, data: bytes, to: tuple[str, int], port: int) -> None:
+        self.topo.socks[port].sendto(MARKER + data if port == 4500 else data, to)
+
+    def run(self, window: int, timeout: float = 300.0) -> tuple[float, float]:
+        """Start every connection, at most *window* unfinished at a time; return (wall, CPU)
+        seconds from the first IKE_SA_INIT to the last Child SA installed."""
+        ike, stats = self.ike, self.ike.stats
+        n = len(self.names)
+        pending = list(reversed(self.names))
+        socks = list(self.topo.socks.items())
+        fds = [s for _, s in socks]
+        c0, t0 = time.process_time(), time.perf_counter()
+        deadline = time.monotonic() + timeout
+        next_tick = time.monotonic() + 0.1
+        started = 0
+        while True:
+            done = stats["child_installed"]
+            if done >= n:
+                break
+            while pending and started - done < window:
+                ike.initiate(pending.pop())
+                started += 1
+            now = time.monotonic()
+            if now > deadline:
+                raise AssertionError(f"timed out: {done}/{n} Child SAs installed, {started} started; stats {stats}")
+            if now >= next_tick:
+                ike.tick()
+                next_tick = now + 0.1
+            ready, _, _ = select.select(fds, [], [], 0.05)
+            for port, s in socks:
+                if s not in ready:
+                    continue
+                while True:
+                    try:
+                        data, addr = s.recvfrom(65535)
+                    except BlockingIOError:
+                        break
+                    if port == 4500:
+                        if len(data) < 4 or data[:4] != MARKER:
+                            continue             # ESP in UDP or a keepalive: not for IKE
+                        data = data[4:]
+                    ike.receive(data, addr, port)
+        return time.perf_counter() - t0, time.process_time() - c0
+
+    def close(self) -> None:
+        self.ike.close()
+
+
+# -- the benchmark --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def topo():
+    reason = ss.available()
+    if reason:
+        pytest.skip(reason)
+    t = Topo()
+    try:
+        yield t
+    finally:
+        t.teardown()
+
+
+@pytest.mark.parametrize("responder", ["strongswan", "ipsp"])
+def test_ike_responder_handshakes(benchmark, topo, responder):
+    rounds = []
+    state = {}
+
+    def setup():
+        if "init" in state:
+            state.pop("init").close()
+        topo.stop_responder()
+        topo.drain()
+        topo.responder = RESPONDERS[responder](topo)
+        state["init"] = Initiator(topo, N)
+        state["cpu0"] = cpu_seconds(topo.responder.pid)
+        return (state["init"],), {}
+
+    def handshakes(init):
+        wall, cpu = init.run(WINDOW)
+        rcpu = cpu_seconds(topo.responder.pid) - state["cpu0"]
+        rounds.append({"wall": wall, "initiator_cpu": cpu, "responder_cpu": rcpu, "stats": dict(init.ike.stats)})
+
+    try:
+        benchmark.pedantic(handshakes, setup=setup, rounds=ROUNDS, iterations=1, warmup_rounds=0)
+        resp = topo.responder
+        ike_sas, children = resp.established()
+        errors = resp.errors() if hasattr(resp, "errors") else []
+        init_stats = rounds[-1]["stats"]
+    finally:
+        if "init" in state:
+            state.pop("init").close()
+    assert not errors, f"{responder} logged errors:\n" + "\n".join(errors[:20]) + "\n" + resp.log_tail()
+    assert (ike_sas, children) == (N, N), (f"{responder} holds {ike_sas} IKE SAs / {children} Child SAs after "
+                                          f"{N} handshakes\n{resp.log_tail()}")
+    best = min(rounds, key=lambda r: r["wall"])
+    benchmark.extra_info.update(
+        stage="ike_peers", responder=responder, handshakes=N, window=WINDOW,
+        rate=N / best["wall"],
+        initiator_cpu_us=best["initiator_cpu"] / N * 1e6,
+        responder_cpu_us=best["responder_cpu"] / N * 1e6,
+        initiator_busy=best["initiator_cpu"] / best["wall"],
+        retransmits=sum(r["stats"]["retransmits"] for r in rounds),
+        cookies=sum(r["stats"]["cookies_sent"] for r in rounds),
+        rounds=[{k: v for k, v in r.items() if k != "stats"} for r in rounds],
+        initiator_stats={k: v for k, v in init_stats.items() if v})
