@@ -590,7 +590,10 @@ class GatewayControl(ControlServer):
     def apply(self, cfg: Config) -> None:
         if cfg.gateway is None:
             raise ConfigError("no [gateway] table: a running gateway keeps its own", path=cfg.path, key="gateway")
+        running = self.engine.config
         super().apply(cfg)                   # all or nothing
+        if running is not None and (running.connections, running.ike) != (cfg.connections, cfg.ike):
+            log.warning("[ike] and [[connection]] changed: they take effect on restart")
         try:
             self.gateway.reconfigure(cfg.gateway)
         except OSError as exc:

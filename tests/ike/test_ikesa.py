@@ -409,6 +409,20 @@ def test_lifetimes_rekey_with_jitter():
     assert p.a.ike.stats["ike_rekeyed"] >= 1
 
 
+def test_key_manager_expiry_rekeys_or_deletes():
+    p = Pair()
+    p.connect()
+    (child,) = p.a.ike.children()
+    p.a.ike.expired(child.spi_in, "in", hard=False)          # a soft byte or packet limit
+    p.run()
+    (new,) = p.a.ike.children()
+    assert new.spi_in != child.spi_in
+    p.a.ike.expired(new.spi_out, "out", hard=True)
+    p.run()
+    assert not p.a.ike.children() and not p.b.ike.children()
+    established(p)
+
+
 # -- INFORMATIONAL: delete, INITIAL_CONTACT --------------------------------------------------------------
 
 @pytest.mark.parametrize("by", ["a", "b"])

@@ -336,6 +336,20 @@ class Ike:
                     self.initiate(conn.name)
                 return
 
+    def expired(self, spi: int, direction: str, hard: bool) -> None:
+        """The key manager's expire event for an SA we negotiated: a soft limit rekeys its
+        Child SA, a hard one (the SA is dead) deletes it with the peer too."""
+        for sa in list(self.sas.values()):
+            for child in sa.children:
+                if (child.spi_in if direction == "in" else child.spi_out) == spi and child.state == "installed":
+                    if hard:
+                        log.warning("%s: Child SA %08x_i %08x_o reached its hard lifetime", child.conn.name,
+                                    child.spi_in, child.spi_out)
+                        self.delete_child(child)
+                    else:
+                        self.rekey_child(child)
+                    return
+
     def terminate(self, name: str) -> None:
         for sa in list(self.sas.values()):
             if sa.conn is not None and sa.conn.name == name and sa.state == "established":

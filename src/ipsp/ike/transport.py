@@ -75,6 +75,7 @@ class IkeDaemon:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         engine.km.on("acquire", self._on_acquire)
+        engine.km.on("expire", self._on_expire)
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -174,6 +175,10 @@ class IkeDaemon:
     def _on_acquire(self, event) -> None:
         if self.loop is not None and self.loop.is_running():
             self.loop.call_soon_threadsafe(self.ike.acquire, event.policy.reqid)
+
+    def _on_expire(self, event) -> None:
+        if self.loop is not None and self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.ike.expired, event.sa.spi, event.sa.direction, event.hard)
 
     def status(self) -> dict:
         """IKE SAs, Child SAs and counters, for `ipsp stats` (no keys)."""
