@@ -18,6 +18,7 @@ def main(path):
     with open(path) as f:
         data = json.load(f)
     kern, floor, threads, engine, spd, stages, ike = {}, {}, [], {}, {}, {}, {}
+    peers = {}
     for b in data["benchmarks"]:
         info = b["extra_info"]
         if "speedup" in info:
@@ -25,6 +26,9 @@ def main(path):
             continue
         if info.get("stage") == "ike":
             ike[info["case"]] = b["stats"]["min"]
+            continue
+        if info.get("stage") == "ike_peers":
+            peers[info["responder"]] = info
             continue
         if info.get("stage") in STAGES:
             key = (info["stage"], info.get("proposal"), info.get("backend"), info["size"], info["packets"],
@@ -51,6 +55,25 @@ def main(path):
         if "floor" in ike:
             line += f"; floor (2 X25519 key pairs + 2 exchanges) {ike['floor'] * 1e6:.0f} us: {hs / ike['floor']:.1f}x"
         print(line)
+    if peers:
+        ours, swan = peers.get("ipsp"), peers.get("strongswan")
+        rate = lambda p: f"{p['rate']:,.0f}/s" if p else "-"
+        line = f"IKE responder: ipsp {rate(ours)}, strongSwan {rate(swan)} (same initiator, same run)"
+        if ours and swan:
+            line += f": {ours['rate'] / swan['rate']:.2f}x"
+        print(line)
+        if "ipsp-per-ts" in peers:
+            print(f"  (diagnostic, not charon's configuration: ipsp with one [[connection]] per /32 pair "
+                  f"{peers['ipsp-per-ts']['rate']:,.0f}/s)")
+        for name, p in (("ipsp", ours), ("ipsp-per-ts", peers.get("ipsp-per-ts")), ("strongSwan", swan)):
+            if p:
+                print(f"  {name:11} {p['handshakes']} handshakes, {p.get('window', '?')} in flight; CPU per handshake: "
+                      f"responder {p.get('responder_cpu_us', 0):,.0f} us, initiator {p.get('initiator_cpu_us', 0):,.0f} us "
+                      f"(initiator busy {100 * p.get('initiator_busy', 0):.0f}% of the wall time)")
+                states = p.get("responder_engine_sas")
+                if states is not None and states.get("mature", 0) != 2 * p["handshakes"]:
+                    print(f"  {name:11} WARNING: after the run its engine holds SAs {states}, not "
+                          f"{2 * p['handshakes']} mature (IKE lists {p.get('responder_child_sas')} Child SAs)")
     if kern or not stages:
         print(f"{'proposal':18} {'backend':8} {'dir':13} {'size':>5} {'batch':>5} {'kernel':>8} {'floor':>8} {'ratio':>6}")
     for key in sorted(kern):

@@ -1,28 +1,35 @@
 """IKEv2 responder throughput: full IKE_SA_INIT + IKE_AUTH handshakes per second (PSK,
 aes128gcm16-prfsha256-x25519 for IKE, aes128gcm16 for the Child SA) answered by strongSwan's
-charon and by ``ipsp gateway``, each in a network namespace of its own run, driven by the
-same initiator: our sans-IO :class:`ipsp.ike.ikesa.Ike` in this process, its sockets inside
-namespace ``bp-init`` (the pump of tests/ike/test_keys_strongswan.py).
+charon (kernel-libipsec) and by ``ipsp gateway``, each in turn in the same namespace, driven by
+the same initiator: our sans-IO :class:`ipsp.ike.ikesa.Ike` in this process, its sockets
+inside namespace ``bp-init`` (the pump of tests/ike/test_keys_strongswan.py).
 
     bench process (Ike)  192.0.2.1 to-bp-resp === 192.0.2.2 to-bp-init  charon | ipsp gateway
 
-The initiator holds N connections (``peer0..``), each its own IKE SA and Child SA with its own
-reqid and /32 selector pair 10.50.x.y/32 === 10.60.x.y/32; at most WINDOW are in flight at
-once. A round is timed from the first IKE_SA_INIT to the N-th Child SA installed on our side
-(the IKE_AUTH response processed: the responder has done all of its work). The responder is
-started afresh before every round (untimed), holds one connection (10.60.0.0/16 ===
-10.50.0.0/16, narrowed to each /32) and keeps every IKE SA (charon: ``unique = never``; our
-initiator sends no INITIAL_CONTACT).
+The initiator has N connections (``peer0..``), each its own IKE SA and Child SA with its own
+reqid and /32 selector pair 10.50.x.y/32 === 10.60.x.y/32, each in an Ike of its own (see
+Initiator); at most WINDOW are in flight at once. A round is timed from the first
+IKE_SA_INIT to the N-th Child SA installed on our side (the IKE_AUTH response processed: the
+responder has done all of its work). The responder is started afresh before every round
+(untimed) and holds one connection 10.60.0.0/16 === 10.50.0.0/16, narrowed to each /32, and
+keeps every IKE SA (charon: ``unique = never``; our initiator sends no INITIAL_CONTACT).
+"ipsp-per-ts" is a diagnostic, not charon's configuration: the gateway with one
+[[connection]] (so one reqid) per /32 pair.
 
-Both responders: cookies and charon's per-peer half-open block are out of the way
-(cookie_threshold / block_threshold far above WINDOW); charon logs at level 0 in every group
-(the harness's default is ike/chd 4, which writes keys) and installs no routes
-(``install_routes = no``; the gateway routes 10.50.0.0/16 into its TUN once at start); the
-gateway logs at its fixed INFO level on stderr to a file. Recorded per round besides the rate:
-the initiator's and the responder's CPU seconds per handshake.
+Both responders: cookies and charon's per-peer limits are out of the way (cookie_threshold,
+cookie_threshold_ip, block_threshold far above WINDOW); charon logs at level 0 in every group
+(the harness's default is ike/chd 4, which writes keys); the gateway logs at its fixed INFO
+level (a line per IKE SA and per Child SA) on stderr to a file. charon's kernel-libipsec
+routes every Child SA's outbound policy into its TUN with a source address from the local
+selector, so the responder namespace holds all N 10.60.x.y addresses; the gateway routes
+10.50.0.0/16 into its TUN once at start. Recorded per round besides the rate: the initiator's
+and the responder's CPU seconds per handshake (the responder's from /proc, 10 ms ticks), and
+after the last round what the responder holds.
 
     PYTHONPATH=src:bench python -m pytest -q -p no:cacheprovider bench/test_bench_ike_peers.py \
         --benchmark-only --benchmark-json /tmp/peers.json && python bench/report.py /tmp/peers.json
+
+IKE_PEERS_N (200), IKE_PEERS_WINDOW (16) and IKE_PEERS_ROUNDS (3) override the defaults.
 """
 
 from __future__ import annotations
@@ -64,8 +71,8 @@ HZ = os.sysconf("SC_CLK_TCK")
 
 CHARON_EXTRA = """\
 charon {
-    install_routes = no
     cookie_threshold = 100000
+    cookie_threshold_ip = 100000
     block_threshold = 100000
     filelog {
         main {
@@ -118,7 +125,33 @@ secrets {{
 """
 
 
-def gateway_toml(ctl: Path) -> str:
+def gateway_toml(ctl: Path, per_ts: bool = False) -> str:
+    """One [[connection]] for 10.60.0.0/16 === 10.50.0.0/16 (as charon's), or with *per_ts*
+    one per /32 pair (each its own reqid)."""
+    if per_ts:
+        conns = "".join(f"""
+[[connection]]
+name = "c{i}"
+peer = "init"
+local_ts = ["{inner(i, 60)}/32"]
+remote_ts = ["{inner(i, 50)}/32"]
+ike_proposals = ["{IKE_PROPOSAL}"]
+esp_proposals = ["{ESP_PROPOSAL}"]
+start = "none"
+dpd = 0
+""" for i in range(N))
+    else:
+        conns = f"""
+[[connection]]
+name = "peers"
+peer = "init"
+local_ts = ["10.60.0.0/16"]
+remote_ts = ["10.50.0.0/16"]
+ike_proposals = ["{IKE_PROPOSAL}"]
+esp_proposals = ["{ESP_PROPOSAL}"]
+start = "none"
+dpd = 0
+"""
     return f"""\
 [gateway]
 tun = "ipsp0"
@@ -138,17 +171,13 @@ name = "init"
 id = "fqdn:init.ipsp.test"
 auth = "psk"
 psk = "0x{PSK.encode().hex()}"
+{conns}"""
 
-[[connection]]
-name = "peers"
-peer = "init"
-local_ts = ["10.60.0.0/16"]
-remote_ts = ["10.50.0.0/16"]
-ike_proposals = ["{IKE_PROPOSAL}"]
-esp_proposals = ["{ESP_PROPOSAL}"]
-start = "none"
-dpd = 0
-"""
+
+def inner(i: int, net: int) -> str:
+    """Connection *i*'s inner address in 10.<net>.0.0/16 (10.<net>.0.1, ...)."""
+    x, y = divmod(i + 1, 250)
+    return f"10.{net}.{x}.{y}"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -165,6 +194,11 @@ class Topo:
         self.init = ss.Netns("bp-init")
         self.resp = ss.Netns("bp-resp")
         ss.link(self.init, INIT, self.resp, RESP)
+        # charon's kernel-libipsec routes each outbound policy into its TUN with a source
+        # address from the local selector: it refuses a Child SA (TS_UNACCEPTABLE) unless one
+        # exists, so the responder namespace holds every 10.60.x.y (the gateway ignores them)
+        batch = "".join(f"address add {inner(i, 60)}/32 dev lo\n" for i in range(N))
+        ss.sh("ip", "-n", self.resp.name, "-batch", "-", input=batch)
         self.socks: dict[int, socket.socket] = {}
         for port in (500, 4500):
             s = ss.socket_in(self.init, socket.AF_INET, socket.SOCK_DGRAM)
@@ -229,12 +263,13 @@ class SwanResponder:
 
 class IpspResponder:
     name = "ipsp"
+    per_ts = False
 
     def __init__(self, topo: Topo):
         d = topo.fresh_dir("ipsp")
         self.ctl = d / "ctl.sock"
         self.conf = d / "gw.toml"
-        self.conf.write_text(gateway_toml(self.ctl))
+        self.conf.write_text(gateway_toml(self.ctl, self.per_ts))
         self.log = d / "gw.log"
         self.env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
         self._out = open(self.log, "w")
@@ -260,6 +295,17 @@ class IpspResponder:
         sas = [sa for sa in st["ike_sas"] if sa["state"] == "established"]
         return len(sas), sum(1 for sa in sas for c in sa["children"] if c["state"] == "installed")
 
+    def engine_sas(self) -> dict[str, int]:
+        """The engine's SAs by state (``ipsp sa list``): 2 N mature ones if every Child SA
+        is really installed."""
+        r = subprocess.run([sys.executable, "-m", "ipsp", "sa", "list", "--json", "--socket", str(self.ctl)],
+                           env=self.env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        states: dict[str, int] = {}
+        for sa in json.loads(r.stdout):
+            states[sa["state"]] = states.get(sa["state"], 0) + 1
+        return states
+
     def log_tail(self) -> str:
         return self.log.read_text()[-4000:]
 
@@ -277,59 +323,82 @@ class IpspResponder:
         self._out.close()
 
 
-RESPONDERS = {"strongswan": SwanResponder, "ipsp": IpspResponder}
+class IpspPerTsResponder(IpspResponder):
+    """Not charon's configuration: one [[connection]] (and reqid) per /32 pair. A diagnostic
+    beside "ipsp": under one connection every Child SA shares its reqid."""
+    name = "ipsp-per-ts"
+    per_ts = True
+
+
+RESPONDERS = {"strongswan": SwanResponder, "ipsp": IpspResponder, "ipsp-per-ts": IpspPerTsResponder}
 
 
 # -- the initiator --------------------------------------------------------------------------------
 
 class Initiator:
-    """N connections toward RESP, started WINDOW at a time by :meth:`run`."""
+    """N connections toward RESP, each in an :class:`Ike` of its own (one key manager, one
+    PAD, the two sockets shared), started WINDOW at a time by :meth:`run`.
+
+    One Ike per connection, not one Ike holding N connections: an Ike puts every further
+    connection to a peer it already has an IKE SA with into that SA as a CREATE_CHILD_SA
+    (RFC 7296 1.3.1), which would measure Child SA creation, not handshakes. N Ikes behave
+    as N initiators sharing an address; datagrams go to the one whose SPIi they carry."""
 
     def __init__(self, topo: Topo, n: int):
         self.topo = topo
         pad = PeerAuthorizationDatabase([Peer("resp", (Identity("fqdn", "resp.ipsp.test"),), "psk",
                                               psk=PSK.encode())])
         peers = {p.name: p for p in pad}
-        conns = []
+        self.km = KeyManagerAPI(clock=time.monotonic)
+        settings = IkeSettings(initial_contact=False)
+        self.ikes: list[tuple[str, Ike]] = []
         for i in range(n):
-            x, y = divmod(i + 1, 250)
             table = {"name": f"peer{i}", "peer": "resp", "remote": RESP,
-                     "local_ts": [f"10.50.{x}.{y}/32"], "remote_ts": [f"10.60.{x}.{y}/32"],
+                     "local_ts": [f"{inner(i, 50)}/32"], "remote_ts": [f"{inner(i, 60)}/32"],
                      "local_id": "fqdn:init.ipsp.test", "reqid": 1000 + i,
                      "ike_proposals": [IKE_PROPOSAL], "esp_proposals": [ESP_PROPOSAL], "dpd": 0}
-            conns.append(connection(table, f"connection[{i}]", i, peers))
-        self.names = [c.name for c in conns]
-        self.km = KeyManagerAPI(clock=time.monotonic)
-        self.ike = Ike(self.km, pad, IkeSettings(initial_contact=False), conns, local=INIT, send=self._send,
-                       clock=time.monotonic)
+            conn = connection(table, f"connection[{i}]", i, peers)
+            self.ikes.append((conn.name, Ike(self.km, pad, settings, [conn], local=INIT, send=self._send,
+                                             clock=time.monotonic)))
+        self.unrouted = 0
 
     def _send(self, data: bytes, to: tuple[str, int], port: int) -> None:
         self.topo.socks[port].sendto(MARKER + data if port == 4500 else data, to)
 
+    @property
+    def stats(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for _, ike in self.ikes:
+            for k, v in ike.stats.items():
+                total[k] = total.get(k, 0) + v
+        total["unrouted"] = self.unrouted
+        return total
+
     def run(self, window: int, timeout: float = 300.0) -> tuple[float, float]:
         """Start every connection, at most *window* unfinished at a time; return (wall, CPU)
         seconds from the first IKE_SA_INIT to the last Child SA installed."""
-        ike, stats = self.ike, self.ike.stats
-        n = len(self.names)
-        pending = list(reversed(self.names))
+        n = len(self.ikes)
+        pending = list(reversed(self.ikes))
+        active: dict[int, Ike] = {}            # id(ike) -> ike, started and no Child SA yet
+        by_spi: dict[bytes, Ike] = {}
+        done = 0
         socks = list(self.topo.socks.items())
         fds = [s for _, s in socks]
         c0, t0 = time.process_time(), time.perf_counter()
         deadline = time.monotonic() + timeout
         next_tick = time.monotonic() + 0.1
-        started = 0
-        while True:
-            done = stats["child_installed"]
-            if done >= n:
-                break
-            while pending and started - done < window:
-                ike.initiate(pending.pop())
-                started += 1
+        while done < n:
+            while pending and len(active) < window:
+                name, ike = pending.pop()
+                sa = ike.initiate(name)
+                by_spi[sa.spi_i] = ike
+                active[id(ike)] = ike
             now = time.monotonic()
             if now > deadline:
-                raise AssertionError(f"timed out: {done}/{n} Child SAs installed, {started} started; stats {stats}")
+                raise AssertionError(f"timed out: {done}/{n} Child SAs installed; stats {self.stats}")
             if now >= next_tick:
-                ike.tick()
+                for ike in list(active.values()):
+                    ike.tick()
                 next_tick = now + 0.1
             ready, _, _ = select.select(fds, [], [], 0.05)
             for port, s in socks:
@@ -344,11 +413,19 @@ class Initiator:
                         if len(data) < 4 or data[:4] != MARKER:
                             continue             # ESP in UDP or a keepalive: not for IKE
                         data = data[4:]
+                    ike = by_spi.get(data[:8])
+                    if ike is None:
+                        self.unrouted += 1
+                        continue
                     ike.receive(data, addr, port)
+                    if id(ike) in active and ike.stats["child_installed"]:
+                        del active[id(ike)]
+                        done += 1
         return time.perf_counter() - t0, time.process_time() - c0
 
     def close(self) -> None:
-        self.ike.close()
+        for _, ike in self.ikes:
+            ike.close()
 
 
 # -- the benchmark --------------------------------------------------------------------------------
@@ -365,7 +442,7 @@ def topo():
         t.teardown()
 
 
-@pytest.mark.parametrize("responder", ["strongswan", "ipsp"])
+@pytest.mark.parametrize("responder", list(RESPONDERS))
 def test_ike_responder_handshakes(benchmark, topo, responder):
     rounds = []
     state = {}
@@ -383,13 +460,15 @@ def test_ike_responder_handshakes(benchmark, topo, responder):
     def handshakes(init):
         wall, cpu = init.run(WINDOW)
         rcpu = cpu_seconds(topo.responder.pid) - state["cpu0"]
-        rounds.append({"wall": wall, "initiator_cpu": cpu, "responder_cpu": rcpu, "stats": dict(init.ike.stats)})
+        rounds.append({"wall": wall, "initiator_cpu": cpu, "responder_cpu": rcpu, "stats": init.stats})
 
     try:
         benchmark.pedantic(handshakes, setup=setup, rounds=ROUNDS, iterations=1, warmup_rounds=0)
         resp = topo.responder
         ike_sas, children = resp.established()
         errors = resp.errors() if hasattr(resp, "errors") else []
+        # charon: 2 N SAs in libipsec, one pair per Child SA it lists as INSTALLED
+        engine = resp.engine_sas() if hasattr(resp, "engine_sas") else {"mature": 2 * children}
         init_stats = rounds[-1]["stats"]
     finally:
         if "init" in state:
@@ -405,6 +484,6 @@ def test_ike_responder_handshakes(benchmark, topo, responder):
         responder_cpu_us=best["responder_cpu"] / N * 1e6,
         initiator_busy=best["initiator_cpu"] / best["wall"],
         retransmits=sum(r["stats"]["retransmits"] for r in rounds),
-        cookies=sum(r["stats"]["cookies_sent"] for r in rounds),
         rounds=[{k: v for k, v in r.items() if k != "stats"} for r in rounds],
-        initiator_stats={k: v for k, v in init_stats.items() if v})
+        initiator_stats={k: v for k, v in init_stats.items() if v},
+        responder_ike_sas=ike_sas, responder_child_sas=children, responder_engine_sas=engine)

@@ -207,8 +207,9 @@ class Shim:
 # -- gateways ---------------------------------------------------------------------------------
 
 def gateway_document(side: int, outer: str, keys: dict, socket_path: str, sa: dict, gateway: dict,
-                     gw2_out: str = GW2_OUT) -> dict:
-    """The configuration of gw1 (side 1) or gw2 (side 2) as a TOML-shaped dict."""
+                     gw2_out: str = GW2_OUT, ike: dict | None = None) -> dict:
+    """The configuration of gw1 (side 1) or gw2 (side 2) as a TOML-shaped dict: manually
+    keyed SAs, or with *ike* (extra [[connection]] keys) IKEv2 with a PSK, gw1 initiating."""
     local, peer = (GW1_OUT, gw2_out) if side == 1 else (gw2_out, GW1_OUT)
     mine, theirs = (NET1, NET2) if side == 1 else (NET2, NET1)
     spi_out, spi_in = (SPI_12, SPI_21) if side == 1 else (SPI_21, SPI_12)
@@ -220,11 +221,22 @@ def gateway_document(side: int, outer: str, keys: dict, socket_path: str, sa: di
             entry["encap"] = "udp"
         return {**entry, **sa}
 
-    return {
+    doc = {
         "gateway": {"tun": "ipsp0", "address": GW1_IN if side == 1 else GW2_IN, "routes": [theirs],
                     "tun_mtu": 1500, "outer": outer, "local": local, "udp_port": 4500, "path_mtu": PATH_MTU,
                     "batch": 256, "keepalive": 20 if outer == "udp" else 0, **gateway},
         "engine": {"control_socket": socket_path},
+    }
+    if ike is not None:
+        other = 2 if side == 1 else 1
+        return {**doc, "ike": {"local_id": f"fqdn:gw{side}.ipsp.test"},
+                "peer": [{"name": f"gw{other}", "id": f"fqdn:gw{other}.ipsp.test", "auth": "psk",
+                          "psk": "0x" + keys[SPI_12].hex()}],
+                "connection": [{"name": "tunnel", "peer": f"gw{other}", "remote": peer, "local_ts": [mine],
+                                "remote_ts": [theirs], "start": "start" if side == 1 else "none",
+                                "encap": outer == "udp", "esp_proposals": [PROPOSAL], **ike}]}
+    return {
+        **doc,
         "policy": [{"direction": "out", "action": "protect", "src": mine, "dst": theirs, "reqid": 1},
                    {"direction": "in", "action": "protect", "src": theirs, "dst": mine, "reqid": 1}],
         "sa": [one_sa("out", spi_out, local, peer), one_sa("in", spi_in, peer, local)],
@@ -298,6 +310,16 @@ class Gateway:
         assert r.returncode == 0, f"ipsp stats on {self.name}: {r.stderr}\n{self.name}'s stderr:\n{self.stderr()}"
         return json.loads(r.stdout)
 
+    def ipsp(self, *args) -> subprocess.CompletedProcess:
+        """`ipsp ARGS --socket` against this gateway (the control commands)."""
+        r = sh(sys.executable, "-m", "ipsp", *args, "--socket", self.socket, check=False,
+               env={**os.environ, "PYTHONPATH": SRC})
+        assert r.returncode == 0, f"ipsp {' '.join(args)} on {self.name}: {r.stderr}\n{self.stderr()[-3000:]}"
+        return r
+
+    def ike_status(self) -> dict:
+        return json.loads(self.ipsp("ike", "status", "--json").stdout)
+
     def total(self, direction: str, name: str, stats: dict | None = None) -> int:
         """An engine total: direction "in"/"out", name "packets", "REPLAY", "TOO_OLD", ..."""
         stats = stats or self.stats()
@@ -333,13 +355,13 @@ class Gateway:
 
 
 class GatewayPair:
-    def __init__(self, topo: "Topology", outer: str, sa: dict, gateway: dict):
+    def __init__(self, topo: "Topology", outer: str, sa: dict, gateway: dict, ike: dict | None = None):
         self.topo, self.outer = topo, outer
         keys = {spi: secrets.token_bytes(20) for spi in (SPI_12, SPI_21)}     # AES-128 key + 4-byte salt
         self.gw1 = Gateway(topo, "gw1", gateway_document(1, outer, keys, str(topo.dir / "gw1.sock"), sa, gateway,
-                                                         topo.gw2_out))
+                                                         topo.gw2_out, ike))
         self.gw2 = Gateway(topo, "gw2", gateway_document(2, outer, keys, str(topo.dir / "gw2.sock"), sa, gateway,
-                                                         topo.gw2_out))
+                                                         topo.gw2_out, ike))
         self.esp_class = "esp_udp" if outer == "udp" else "esp"    # the shim's name for their packets
 
     def start(self) -> "GatewayPair":
@@ -364,6 +386,21 @@ class GatewayPair:
     def stop(self) -> None:
         for gw in (self.gw1, self.gw2):
             gw.stop()
+
+    def wait_ike(self, children: int = 1, timeout: float = 10) -> tuple[dict, dict]:
+        """Until both gateways' IKE daemons have *children* installed Child SAs; their
+        `ipsp ike status --json`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = tuple(gw.ike_status() for gw in (self.gw1, self.gw2))
+            counts = [sum(c["state"] == "installed" for sa in st["ike_sas"] if sa["state"] == "established"
+                          for c in sa["children"]) for st in status]
+            if counts == [children, children]:
+                return status
+            if time.monotonic() > deadline:
+                raise AssertionError(f"IKE did not settle on {children} Child SAs per side: {json.dumps(status)}\n"
+                                     f"gw1:\n{self.gw1.stderr()[-3000:]}\ngw2:\n{self.gw2.stderr()[-3000:]}")
+            time.sleep(0.05)
 
     def mtu_range(self, path_mtu: int = PATH_MTU) -> tuple[int, int]:
         """What a DF-set packet's "frag needed" may announce: the largest inner packet that
@@ -615,15 +652,17 @@ def topo():
 
 @pytest.fixture
 def gateways(topo):
-    """gateways(outer, sa={...}, gateway={...}) -> a started GatewayPair. Extra keys go into
-    both gateways' [[sa]] entries (replay_window, fragment, ...) or [gateway] tables. The shim
+    """gateways(outer, sa={...}, gateway={...}, ike=None) -> a started GatewayPair. Extra keys go
+    into both gateways' [[sa]] entries (replay_window, fragment, ...) or [gateway] tables; with
+    ike={...} (extra [[connection]] keys) the pair keys its tunnel with IKEv2 instead. The shim
     is set to pass everything (counters zeroed) and learnt path MTUs are forgotten."""
     started = []
 
-    def start(outer: str, sa: dict | None = None, gateway: dict | None = None) -> GatewayPair:
+    def start(outer: str, sa: dict | None = None, gateway: dict | None = None, ike: dict | None = None
+              ) -> GatewayPair:
         topo.shim.configure()
         topo.flush_route_caches()
-        pair = GatewayPair(topo, outer, sa or {}, gateway or {})
+        pair = GatewayPair(topo, outer, sa or {}, gateway or {}, ike)
         started.append(pair)
         return pair.start()
 

@@ -211,6 +211,42 @@ def test_sighup_with_bad_file_changes_nothing_sigterm_exits_clean(outer, gateway
     assert pair.gw2.stop() == 0
 
 
+# -- IKEv2 between the two gateways ----------------------------------------------------------------------
+
+def test_ike_keyed_tunnel_keeps_traffic_through_rekeys(outer, gateways, topo):
+    """The pair keys its tunnel with IKEv2 (gw1 initiates; outer "udp": ESP in UDP forced,
+    outer "esp": no NAT, raw ESP); a flood ping a -> b loses nothing while each side rekeys
+    the Child SA and then the IKE SA (make-before-break), and a TCP transfer checks out after."""
+    pair = gateways(outer, ike={"dpd": 5})
+    before = pair.wait_ike()
+    topo.ping("a", B_ADDR, count=3)
+    topo.ping("b", A_ADDR, count=3)
+    count = 800
+    pinger = topo.popen("a", "ping", "-q", "-i", "0.01", "-c", str(count), B_ADDR)
+    time.sleep(0.5)
+    for gw, args in ((pair.gw1, ()), (pair.gw2, ()), (pair.gw1, ("--ike",)), (pair.gw2, ("--ike",))):
+        gw.ipsp("ike", "rekey", *args, "tunnel")
+        time.sleep(1.2)
+    out, err = pinger.communicate(timeout=60)
+    assert received(out) == count, f"{out}\n{err}"
+    after = pair.wait_ike()
+    for b, a in zip(before, after):
+        (old,), (new,) = b["ike_sas"], a["ike_sas"]
+        assert new["spi_i"] != old["spi_i"] and new["children"][0]["spi_in"] != old["children"][0]["spi_in"]
+        assert a["counters"]["child_rekeyed"] == 2 and a["counters"]["ike_rekeyed"] == 2, a["counters"]
+        assert a["counters"]["integrity_failed"] == a["counters"]["malformed"] == 0
+    topo.tcp_transfer("a", "b", B_ADDR, 2 << 20, seed=5)
+    wire = topo.shim.stats()
+    assert topo.shim.count(wire, "frames", "clear_inner") == 0, wire["counts"]
+    assert topo.shim.count(wire, "frames", pair.esp_class) > count, wire["counts"]
+    # rekeyed SAs are gone after the grace period: one pair per side
+    time.sleep(6)
+    for gw in (pair.gw1, pair.gw2):
+        sas = json.loads(gw.ipsp("sa", "list", "--json").stdout)
+        assert sorted(sa["direction"] for sa in sas) == ["in", "out"], sas
+        assert all(sa["encap"] == ("udp" if outer == "udp" else None) for sa in sas), sas
+
+
 # -- figures: throughput through the gateways against plain forwarding -----------------------------
 
 @pytest.mark.slow

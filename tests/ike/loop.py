@@ -42,28 +42,32 @@ class Side:
 class Pair:
     def __init__(self, *, a_conn: dict | None = None, b_conn: dict | None = None, a_peer: dict | None = None,
                  b_peer: dict | None = None, a_settings: IkeSettings | None = None,
-                 b_settings: IkeSettings | None = None, a_kw: dict | None = None, b_kw: dict | None = None):
+                 b_settings: IkeSettings | None = None, a_kw: dict | None = None, b_kw: dict | None = None,
+                 a_more: list[dict] = (), b_more: list[dict] = ()):
         self.clock = Clock()
         self.wire: deque[tuple[str, bytes, tuple[str, int], int]] = deque()
         self.log: list[tuple[str, bytes]] = []            # (sender, datagram) in order
         self.drop: Callable[[str, bytes], bool] = lambda sender, data: False
-        self.a = self._side("a", A_ADDR, B_ADDR, A_NET, B_NET, a_conn or {}, a_peer or {}, a_settings, a_kw or {})
-        self.b = self._side("b", B_ADDR, A_ADDR, B_NET, A_NET, b_conn or {}, b_peer or {}, b_settings, b_kw or {})
+        self.a = self._side("a", A_ADDR, B_ADDR, A_NET, B_NET, a_conn or {}, a_peer or {}, a_settings, a_kw or {},
+                            a_more)
+        self.b = self._side("b", B_ADDR, A_ADDR, B_NET, A_NET, b_conn or {}, b_peer or {}, b_settings, b_kw or {},
+                            b_more)
 
-    def _side(self, name, addr, remote, mine, theirs, conn_kw, peer_kw, settings, kw) -> Side:
+    def _side(self, name, addr, remote, mine, theirs, conn_kw, peer_kw, settings, kw, more) -> Side:
         other = "b" if name == "a" else "a"
         pad = PeerAuthorizationDatabase([Peer(other, (Identity("fqdn", f"{other}.ipsp.test"),),
                                               **{"auth": "psk", "psk": PSK, **peer_kw})])
         table = {"name": f"{name}-to-{other}", "peer": other, "remote": remote, "local_ts": [mine],
                  "remote_ts": [theirs], "local_id": f"fqdn:{name}.ipsp.test", "reqid": 7, **conn_kw}
         peers = {p.name: p for p in pad}
-        conn: Connection = connection(table, "connection[0]", 0, peers)
+        conns: list[Connection] = [connection(t, f"connection[{i}]", i, peers)
+                                   for i, t in enumerate([table] + [{**table, **extra} for extra in more])]
         km = KeyManagerAPI(clock=self.clock)
 
         def send(data: bytes, to: tuple[str, int], port: int) -> None:
             self.wire.append((name, data, to, port))
 
-        ike = Ike(km, pad, settings or IkeSettings(), [conn], local=addr, send=send, clock=self.clock, **kw)
+        ike = Ike(km, pad, settings or IkeSettings(), conns, local=addr, send=send, clock=self.clock, **kw)
         return Side(name, addr, ike, km, pad)
 
     def run(self, limit: int = 1000) -> int:

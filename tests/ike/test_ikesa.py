@@ -242,6 +242,38 @@ def test_pad_allowed_limits_what_the_peer_may_claim(caplog):
     assert out == {("10.2.0.0/16", "10.1.5.0/24")}
 
 
+def test_second_connection_to_a_peer_is_a_child_of_the_same_ike_sa():
+    more = [{"name": "voice", "local_ts": ["10.11.0.0/16"], "remote_ts": ["10.12.0.0/16"], "reqid": 8}]
+    p = Pair(a_more=more, b_more=[{**more[0], "local_ts": ["10.12.0.0/16"], "remote_ts": ["10.11.0.0/16"]}])
+    p.connect()
+    p.a.ike.initiate("voice")
+    p.run()
+    sa_a, sa_b = established(p)
+    assert sorted(c.conn.name for c in sa_a.children) == ["a-to-b", "voice"]
+    assert sorted(c.conn.reqid for c in sa_b.children) == [7, 8]
+    keys_agree(p)
+    out = {(str(x.selector.src), str(x.selector.dst), x.reqid) for x in p.b.km.spd.policies(Direction.OUT)}
+    assert out == {("10.2.0.0/16", "10.1.0.0/16", 7), ("10.12.0.0/16", "10.11.0.0/16", 8)}
+
+
+def test_children_of_one_responder_connection_get_their_own_reqids():
+    """Two initiator connections with narrower selectors meet one responder connection: two
+    Child SAs under it, which must not look like a rekey of each other in the key manager."""
+    p = Pair(a_conn={"local_ts": ["10.1.1.0/24"]},
+             a_more=[{"name": "second", "local_ts": ["10.1.2.0/24"], "reqid": 8}])
+    p.connect()
+    p.a.ike.initiate("second")
+    p.run()
+    p.advance(10)                                          # past any rekey grace
+    assert len(p.b.ike.children()) == 2
+    assert len({c.reqid for c in p.b.ike.children()}) == 2
+    assert all(sa.state is SAStateName.MATURE for sa in p.b.km.sad) and len(list(p.b.km.sad)) == 4
+    keys_agree(p)
+    p.a.ike.terminate("a-to-b")
+    p.run()
+    assert not list(p.b.km.sad) and not p.b.km.spd.policies(Direction.OUT)
+
+
 # -- certificates (RFC 7296 2.15, RFC 7427) ----------------------------------------------------------
 
 @pytest.fixture(scope="module")

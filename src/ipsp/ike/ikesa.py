@@ -71,6 +71,9 @@ _ANY_TS = {4: (b"\0" * 4, b"\xff" * 4), 6: (b"\0" * 16, b"\xff" * 16)}
 _TS_TYPE = {4: TSType.TS_IPV4_ADDR_RANGE, 6: TSType.TS_IPV6_ADDR_RANGE}
 # notify types whose arrival in a response means the request failed (RFC 7296 3.10.1: 0..16383)
 _ERROR_MAX = 16383
+# reqids for Child SAs beyond a connection's first (others with other selectors): above any
+# a configuration file assigns by default
+_DYNAMIC_REQID = 0x40000000
 
 
 class _Refused(Exception):
@@ -165,6 +168,7 @@ class ChildSA:
     ts_local: tuple[TrafficSelector, ...]
     ts_remote: tuple[TrafficSelector, ...]
     nonces: tuple[bytes, bytes]
+    reqid: int                                # joins its SAs and policies in the engine
     created: float
     rekey_at: float
     state: str = "installed"                  # installed | rekeying | rekeyed | deleting
@@ -291,7 +295,7 @@ class Ike:
         self._cookie_rotated = clock()
         self._policies: dict[tuple, tuple[list[Policy], int]] = {}
         self._last_usage: dict[int, int] = {}
-        self._starting: set[str] = set()
+        self._dynamic_reqids: set[int] = set()
 
     # -- public commands ------------------------------------------------------------------------
 
@@ -299,7 +303,7 @@ class Ike:
         """Install trap policies and initiate the connections that start at load."""
         for conn in self.connections.values():
             if conn.start == "trap":
-                self._hold_policies(conn, ts_of(conn.local_ts), ts_of(conn.remote_ts))
+                self._hold_policies(conn.reqid, ts_of(conn.local_ts), ts_of(conn.remote_ts))
             elif conn.start == "start":
                 self.initiate(conn.name)
 
@@ -311,8 +315,14 @@ class Ike:
                     self.transmit(sa, sa.seal(ExchangeType.INFORMATIONAL, sa.mid_out, False,
                                               (Delete(ProtocolId.IKE, 0),)))
             self._destroy(sa, "daemon stopping")
-        for key in list(self._policies):
-            self._drop_policies(key, force=True)
+        reqids = {c.reqid for c in self.connections.values()} | self._dynamic_reqids
+        with self.changes():
+            for old in [x for x in self.km.sad if x.reqid in reqids]:
+                # rekeyed SAs still in their grace period: ours too, so they go with us
+                with contextlib.suppress(KeyError, ConfigError):
+                    self.km.del_sa(old.spi, old.dst, old.direction)
+            for key in list(self._policies):
+                self._drop_policies(key, force=True)
 
     def initiate(self, name: str) -> IkeSA | None:
         conn = self.connections.get(name)
@@ -320,9 +330,12 @@ class Ike:
             raise ConfigError(f"no connection is named {name!r}")
         if conn.remote is None:
             raise ConfigError(f"connection {name!r} has no remote address: it can only respond")
-        existing = self._ike_for(conn)
+        # one IKE SA per peer: another connection to it adds a Child SA (RFC 7296 1.3.1)
+        existing = self._ike_for(conn) or next(
+            (s for s in self.sas.values() if s.state == "established" and s.conn is not None
+             and s.conn.peer == conn.peer and s.remote[0] == str(conn.remote)), None)
         if existing is not None:
-            if existing.state == "established" and not any(c.conn is conn for c in existing.children):
+            if existing.state == "established" and not self._children(conn):
                 self._create_child(existing, conn)
             return existing
         return self._start_ike(conn)
@@ -961,9 +974,7 @@ class Ike:
                     wanted = None
                 if wanted is not None and not any(certs.identity_matches(wanted, self._my_id(c)) for c in conns):
                     raise _Refused(NotifyType.AUTHENTICATION_FAILED, f"peer asks for identity {wanted}, not ours")
-            tsi, tsr = _one(payloads, TSi), _one(payloads, TSr)
-            conn = next((c for c in conns if tsi and tsr and narrow(tsi.selectors, c.remote_ts)
-                         and narrow(tsr.selectors, c.local_ts)), conns[0])
+            conn = self._conn_for(conns, payloads)
             sa.conn = conn
             idr = self._id_payload(IDr, self._my_id(conn))
             mine = [idr] + self._my_auth(sa, peer, idr, sa.init_response, sa.ni)
@@ -1065,7 +1076,7 @@ class Ike:
             return
         spi_out = int.from_bytes(sa_p.proposals[0].spi, "big")
         child = self._install(sa, conn, chosen, spi_in, spi_out, tsi.selectors, tsr.selectors, ni, nr, shared,
-                              we_initiated=True, outbound_now=True)
+                              we_initiated=True, replaces=rekey)
         if rekey is not None:
             rekey.state, rekey.successor = "rekeyed", child
             self.stats["child_rekeyed"] += 1
@@ -1103,7 +1114,7 @@ class Ike:
         spi_in = self.km.get_spi(self.local)
         shared = b"" if pfs is None else pfs[1]
         child = self._install(sa, conn, chosen, spi_in, spi_out, ts_r, ts_i, ni, nr, shared, we_initiated=False,
-                              outbound_now=rekeying is None)
+                              replaces=rekeying)
         if rekeying is not None:
             rekeying.successor = child
             rekeying.state = "rekeyed"
@@ -1112,7 +1123,7 @@ class Ike:
 
     def _install(self, sa: IkeSA, conn: Connection, prop: EspProposal, spi_in: int, spi_out: int,
                  ts_local, ts_remote, ni: bytes, nr: bytes, shared: bytes, *, we_initiated: bool,
-                 outbound_now: bool) -> ChildSA:
+                 replaces: ChildSA | None) -> ChildSA:
         """Keys (RFC 7296 2.17: initiator-to-responder SA first, encryption before integrity),
         both SAConfigs, the inbound SA at once, the outbound now or when the old one goes."""
         t = parse_proposal(prop.name)
@@ -1129,13 +1140,19 @@ class Ike:
         cfg_out = SAConfig(spi_out, self.local, peer, enc_key=eo, auth_key=ao, sport=lport, dport=rport, **common)
         now = self.clock()
         hard = Lifetimes(hard=Lifetime(add_seconds=conn.child_rekey * 1.1 + 60))
-        child = ChildSA(conn, spi_in, spi_out, prop, tuple(ts_local), tuple(ts_remote), (ni, nr), now,
+        # a rekey keeps the reqid (the key manager retires the old SAs for the new ones); a new
+        # Child SA needs its own unless the connection's is free: two live Child SAs of one
+        # reqid would be taken for a rekey of each other
+        reqid = replaces.reqid if replaces is not None else self._free_reqid(conn)
+        child = ChildSA(conn, spi_in, spi_out, prop, tuple(ts_local), tuple(ts_remote), (ni, nr), reqid, now,
                         now + conn.child_rekey * (1 - conn.jitter * self.rng.random()), lifetimes=hard)
+        # the rekey initiator switches at once; the responder's outbound waits for the Delete
+        outbound_now = replaces is None or we_initiated
         with self.changes():
-            self._hold_policies(conn, child.ts_local, child.ts_remote)
-            self.km.add_sa(cfg_in, "in", lifetimes=hard, reqid=conn.reqid, label=None)
+            self._hold_policies(reqid, child.ts_local, child.ts_remote)
+            self.km.add_sa(cfg_in, "in", lifetimes=hard, reqid=reqid, label=None)
             if outbound_now:
-                self.km.add_sa(cfg_out, "out", lifetimes=hard, reqid=conn.reqid)
+                self.km.add_sa(cfg_out, "out", lifetimes=hard, reqid=reqid)
             else:
                 child.out_pending, child.out_pending_since = cfg_out, now
         sa.children.append(child)
@@ -1147,7 +1164,7 @@ class Ike:
     def _install_out(self, child: ChildSA) -> None:
         cfg, child.out_pending = child.out_pending, None
         if cfg is not None:
-            self.km.add_sa(cfg, "out", lifetimes=child.lifetimes, reqid=child.conn.reqid)
+            self.km.add_sa(cfg, "out", lifetimes=child.lifetimes, reqid=child.reqid)
 
     def _create_child_request(self, sa: IkeSA, h: Header, payloads: tuple[Payload, ...]) -> None:
         if sa.state != "established":
@@ -1162,7 +1179,8 @@ class Ike:
         if sa_p.proposals and sa_p.proposals[0].protocol_id == ProtocolId.IKE:
             sa.respond(h.exchange_type, h.message_id, self._ike_rekey_request(sa, sa_p, nonce.data, nr, ke))
             return
-        conn = sa.conn
+        # another Child SA with this peer: the connection whose selectors it asks for
+        conn = self._conn_for([c for c in self.connections.values() if c.peer == sa.conn.peer], payloads)
         rekeying = None
         if NotifyType.REKEY_SA in n:
             spi = int.from_bytes(n[NotifyType.REKEY_SA].spi, "big")
@@ -1273,21 +1291,16 @@ class Ike:
         and live out the key manager's rekey grace for packets in flight."""
         if sa is not None and child in sa.children:
             sa.children.remove(child)
-        if child.successor is None:
-            with self.changes():
-                for spi, dst, direction in ((child.spi_in, self.local, "in"),):
-                    with contextlib.suppress(KeyError, ConfigError):
-                        self.km.del_sa(spi, dst, direction)
+        with self.changes():
+            if child.successor is None:
+                with contextlib.suppress(KeyError, ConfigError):
+                    self.km.del_sa(child.spi_in, self.local, "in")
                 if child.out_pending is None:
-                    peer = None
-                    for s in self.km.sad:
-                        if s.direction == "out" and s.spi == child.spi_out and s.reqid == child.conn.reqid:
-                            peer = s.dst
-                    if peer is not None:
+                    for out in [x for x in self.km.sad if x.direction == "out" and x.spi == child.spi_out
+                                and x.reqid == child.reqid]:
                         with contextlib.suppress(KeyError, ConfigError):
-                            self.km.del_sa(child.spi_out, peer, "out")
-                if not self._children(child.conn, besides=child):
-                    self._release_policies(child)
+                            self.km.del_sa(out.spi, out.dst, "out")
+            self._release_policies(child)
         child.out_pending = None
         self._last_usage.pop(child.spi_in, None)
         self.stats["child_deleted"] += 1
@@ -1334,6 +1347,13 @@ class Ike:
             if child.state == "installed":
                 self.rekey_child(child)
 
+    @staticmethod
+    def _conn_for(conns: list[Connection], payloads: tuple[Payload, ...]) -> Connection:
+        """Of a peer's connections, the first whose prefixes the proposed selectors meet."""
+        tsi, tsr = _one(payloads, TSi), _one(payloads, TSr)
+        return next((c for c in conns if tsi and tsr and narrow(tsi.selectors, c.remote_ts)
+                     and narrow(tsr.selectors, c.local_ts)), conns[0])
+
     def _ike_for(self, conn: Connection) -> IkeSA | None:
         """The IKE SA serving *conn*: an established one, or one we are negotiating."""
         return next((s for s in self.sas.values() if s.conn is conn and (
@@ -1345,13 +1365,21 @@ class Ike:
     def _owner(self, child: ChildSA) -> IkeSA | None:
         return next((s for s in self.sas.values() if child in s.children and s.state == "established"), None)
 
-    def _policy_key(self, conn: Connection, ts_local, ts_remote) -> tuple:
-        return (conn.reqid, tuple(ts_local), tuple(ts_remote))
+    def _free_reqid(self, conn: Connection) -> int:
+        used = {c.reqid for s in self.sas.values() for c in s.children}
+        if conn.reqid not in used:
+            return conn.reqid
+        taken = used | {x.reqid for x in self.km.sad} | {p.reqid for d in Direction for p in self.km.spd.policies(d)}
+        reqid = _DYNAMIC_REQID
+        while reqid in taken:
+            reqid += 1
+        self._dynamic_reqids.add(reqid)
+        return reqid
 
-    def _hold_policies(self, conn: Connection, ts_local, ts_remote) -> None:
-        """PROTECT policies for the pairs of selectors, both directions, one set per distinct
-        pair (counted: rekeyed children share their predecessor's)."""
-        key = self._policy_key(conn, ts_local, ts_remote)
+    def _hold_policies(self, reqid: int, ts_local, ts_remote) -> None:
+        """PROTECT policies for the pairs of selectors, both directions, one set per reqid and
+        selectors, counted per Child SA (a rekeyed one and its successor hold it together)."""
+        key = (reqid, tuple(ts_local), tuple(ts_remote))
         if key in self._policies:
             pols, count = self._policies[key]
             self._policies[key] = (pols, count + 1)
@@ -1366,12 +1394,12 @@ class Ike:
                     for rn in _networks(tr):
                         out = PolicySelector(ln, rn, proto, (tl.start_port, tl.end_port), (tr.start_port, tr.end_port))
                         inn = PolicySelector(rn, ln, proto, (tr.start_port, tr.end_port), (tl.start_port, tl.end_port))
-                        pols.append(self.km.add_policy(out, Action.PROTECT, Direction.OUT, reqid=conn.reqid))
-                        pols.append(self.km.add_policy(inn, Action.PROTECT, Direction.IN, reqid=conn.reqid))
+                        pols.append(self.km.add_policy(out, Action.PROTECT, Direction.OUT, reqid=reqid))
+                        pols.append(self.km.add_policy(inn, Action.PROTECT, Direction.IN, reqid=reqid))
         self._policies[key] = (pols, 1)
 
     def _release_policies(self, child: ChildSA) -> None:
-        self._drop_policies(self._policy_key(child.conn, child.ts_local, child.ts_remote))
+        self._drop_policies((child.reqid, child.ts_local, child.ts_remote))
 
     def _drop_policies(self, key: tuple, force: bool = False) -> None:
         if key not in self._policies:
