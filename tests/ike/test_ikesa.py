@@ -342,6 +342,60 @@ def test_certificate_without_the_identity_is_refused(pki, caplog):
     assert not p.a.ike.sas and "does not hold the identity" in caplog.text
 
 
+# -- IKE fragmentation (RFC 7383) -----------------------------------------------------------------------
+
+def small_fragments(pki, **settings):
+    p = cert_pair(pki, "rsa", "rsa")
+    for side in (p.a, p.b):
+        side.ike.settings = IkeSettings(fragment_size=576, **settings)
+    return p
+
+
+def skf_count(p, sender):
+    from ipsp.ike.message import SKF
+    return sum(isinstance(Message.decode(d).payloads[-1], SKF) for s, d in p.log if s == sender)
+
+
+def test_large_ike_auth_goes_in_fragments(pki):
+    p = small_fragments(pki)
+    p.connect()
+    established(p)
+    keys_agree(p)
+    assert skf_count(p, "a") >= 3 and skf_count(p, "b") >= 3          # RSA certificates do not fit 576
+    assert all(len(d) <= 576 - 28 - 4 for _, d in p.log)
+    assert p.b.ike.stats["fragments_received"] == skf_count(p, "a") - 1
+
+
+def test_no_fragments_unless_both_announce(pki):
+    p = small_fragments(pki)
+    p.b.ike.settings = IkeSettings(fragment_size=576, fragmentation=False)
+    p.connect()
+    established(p)
+    assert skf_count(p, "a") == skf_count(p, "b") == 0
+
+
+def test_lost_fragments_are_recovered_by_retransmission(pki):
+    from ipsp.ike.message import SKF
+    p = small_fragments(pki)
+    lost = set()
+
+    def drop(sender, data):
+        last = Message.decode(data).payloads[-1]
+        # the second fragment of the request once, and of the response once
+        if isinstance(last, SKF) and last.fragment_number == 2 and sender not in lost:
+            lost.add(sender)
+            return True
+        return False
+
+    p.drop = drop
+    p.connect()
+    p.advance(8)
+    established(p)
+    keys_agree(p)
+    assert lost == {"a", "b"} and p.b.ike.stats["responses_resent"] == 1
+    assert len(live(p.b, "in")) == 1
+
+
 # -- CREATE_CHILD_SA: rekeys, make-before-break ----------------------------------------------------------
 
 @pytest.mark.parametrize("by", ["a", "b"])

@@ -459,6 +459,21 @@ def test_certificates(run, topo, tmp_path, key_type, initiator):
     ping_both(topo)
 
 
+@pytest.mark.parametrize("initiator", [True, False], ids=["we-initiate", "charon-initiates"])
+def test_ike_fragmentation(run, topo, tmp_path, initiator):
+    """RFC 7383 both ways: RSA certificates with a 576-byte fragment size on both sides make
+    IKE_AUTH travel in Encrypted Fragment payloads; each side reassembles the other's."""
+    files, ike_extra, ca_path, _, _ = make_pki(tmp_path, "rsa")
+    ch, gw = up(run, initiator=initiator, files=files, swan={"auth": "pubkey"},
+                extra_conf="charon {\n    fragment_size = 576\n}\n",
+                ours={"peer_auth": "pubkey", "ca": ca_path, "ike_extra": {**ike_extra, "fragment_size": 576}})
+    log = ch.log_text()
+    assert re.search(r"received fragment #\d+ of \d+", log), "charon received no IKE fragments"
+    assert re.search(r"splitting IKE message .* into \d+ fragments", log), "charon sent no IKE fragments"
+    assert gw.status()["counters"]["fragments_received"] >= 2
+    ping_both(topo)
+
+
 # -- 3: proposals -----------------------------------------------------------------------------------
 
 PROPOSALS = [

@@ -44,6 +44,8 @@ class IkeSettings:
     retransmit_base: float = 1.8
     retransmit_tries: int = 5
     initial_contact: bool = True
+    fragmentation: bool = True                # RFC 7383, announced and used when the peer announces it too
+    fragment_size: int = 1280                 # the IP datagram an IKE fragment fills (strongSwan's default)
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,8 @@ class Connection:
 
 
 _IKE_KEYS = {"local_id", "cert", "key", "chain", "cacerts", "crls", "port", "nat_port", "cookie_threshold",
-             "half_open_timeout", "retransmit_timeout", "retransmit_base", "retransmit_tries", "initial_contact"}
+             "half_open_timeout", "retransmit_timeout", "retransmit_base", "retransmit_tries", "initial_contact",
+             "fragmentation", "fragment_size"}
 _CONN_KEYS = {"name", "peer", "remote", "local_ts", "remote_ts", "reqid", "ike_proposals", "esp_proposals",
               "local_id", "remote_id", "start", "ike_rekey", "child_rekey", "jitter", "dpd", "encap",
               "replay_window", "backend"}
@@ -120,13 +123,14 @@ def ike_settings(t: Mapping[str, Any]) -> IkeSettings:
     for name, lo, hi, integer in (("port", 1, 65535, True), ("nat_port", 1, 65535, True),
                                   ("cookie_threshold", 0, 1 << 20, True), ("half_open_timeout", 1, 3600, False),
                                   ("retransmit_timeout", 0.05, 60, False), ("retransmit_base", 1, 4, False),
-                                  ("retransmit_tries", 1, 20, True)):
+                                  ("retransmit_tries", 1, 20, True), ("fragment_size", 576, 65535, True)):
         if name in t:
             kw[name] = _number(t[name], f"ike.{name}", lo, hi, integer=integer)
-    if "initial_contact" in t:
-        if not isinstance(t["initial_contact"], bool):
-            raise ConfigError("expected true or false", key="ike.initial_contact")
-        kw["initial_contact"] = t["initial_contact"]
+    for flag in ("initial_contact", "fragmentation"):
+        if flag in t:
+            if not isinstance(t[flag], bool):
+                raise ConfigError("expected true or false", key=f"ike.{flag}")
+            kw[flag] = t[flag]
     return IkeSettings(**kw)
 
 

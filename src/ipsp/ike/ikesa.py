@@ -30,6 +30,7 @@ What each exchange does, and the RFC 7296 sections behind it:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hmac as _hmac
 import ipaddress
 import logging
@@ -48,7 +49,8 @@ from ipsp.ike import certs
 from ipsp.ike.config import Connection, IkeSettings
 from ipsp.ike.crypto import (DHGroup, IkeKeys, Prf, SKCipher, child_keymat, ike_keys, psk_auth, rekey_skeyseed,
                              sign, signed_octets, skeyseed, verify, SIGNATURE_HASHES, CryptoError, IntegrityError)
-from ipsp.ike.message import (AUTH, CERT, CERTREQ, KE, SA, SK, SKF, AuthMethod, Delete, ExchangeType, Header,
+from ipsp.ike.message import (AUTH, CERT, CERTREQ, HEADER_LEN, KE, SA, SK, SKF, AuthMethod, Delete, ExchangeType,
+                              Header,
                               IDi, IDr, MalformedMessage, Message, Nonce, Notify, NotifyType, Payload, ProtocolId,
                               TrafficSelector, TSi, TSr, TSType, UnsupportedCriticalPayload, decode_payloads,
                               encode_payloads, first_type)
@@ -71,6 +73,7 @@ _ANY_TS = {4: (b"\0" * 4, b"\xff" * 4), 6: (b"\0" * 16, b"\xff" * 16)}
 _TS_TYPE = {4: TSType.TS_IPV4_ADDR_RANGE, 6: TSType.TS_IPV6_ADDR_RANGE}
 # notify types whose arrival in a response means the request failed (RFC 7296 3.10.1: 0..16383)
 _ERROR_MAX = 16383
+MAX_FRAGMENTS = 64                  # a reassembled message stays below 64 fragments (about 80 KB)
 # reqids for Child SAs beyond a connection's first (others with other selectors): above any
 # a configuration file assigns by default
 _DYNAMIC_REQID = 0x40000000
@@ -152,9 +155,15 @@ class _Request:
     on_response: Callable[[tuple[Payload, ...]], None]
     on_fail: Callable[[str], None] | None = None
     mid: int = -1
-    data: bytes = b""
+    data: list[bytes] = field(default_factory=list)     # the datagrams: one message, or its fragments
     sent_at: float = 0.0
     tries: int = 0
+
+
+@dataclass
+class _Reassembly:
+    total: int
+    parts: dict[int, tuple[bytes, int]] = field(default_factory=dict)   # number -> (plaintext, next payload)
 
 
 @dataclass(eq=False)
@@ -205,7 +214,9 @@ class IkeSA:
         self.mid_in = 0
         self.pending: _Request | None = None
         self.queue: list[_Request] = []
-        self.last_response: tuple[int, bytes] | None = None
+        self.last_response: tuple[int, list[bytes]] | None = None
+        self.frag = False                      # both sides announced RFC 7383 fragmentation
+        self.reassembly: dict[tuple[int, bool], _Reassembly] = {}
         self.children: list[ChildSA] = []
         now = ike.clock()
         self.created = self.last_heard = now
@@ -228,21 +239,58 @@ class IkeSA:
     def header(self, exchange: int, mid: int, response: bool) -> Header:
         return Header(self.spi_i, self.spi_r, exchange, mid, initiator=self.initiator, response=response)
 
-    def seal(self, exchange: int, mid: int, response: bool, payloads: tuple[Payload, ...]) -> bytes:
-        """An SK message (RFC 7296 3.14): header and SK header authenticated, payloads encrypted."""
+    def seal(self, exchange: int, mid: int, response: bool, payloads: tuple[Payload, ...]) -> list[bytes]:
+        """An SK message (RFC 7296 3.14): header and SK header authenticated, payloads
+        encrypted; as Encrypted Fragment payloads (RFC 7383 2.5) when both sides support them
+        and the message would not fit the fragment size, each fragment sealed on its own."""
         inner = encode_payloads(payloads)
-        n = self.cout.body_len(len(inner))
-        skeleton = Message(self.header(exchange, mid, response), (SK(first_type(payloads), bytes(n)),)).encode()
-        aad = skeleton[:len(skeleton) - n]
-        return aad + self.cout.seal(aad, inner)
+        first = first_type(payloads)
+        header = self.header(exchange, mid, response)
+        whole = self._sealed(header, SK(first, b""), inner)
+        limit = self.ike.fragment_limit(self)
+        if not self.frag or len(whole) <= limit:
+            return [whole]
+        chunk = limit - HEADER_LEN - 8 - self.cout.body_len(0)
+        while chunk > 1 and HEADER_LEN + 8 + self.cout.body_len(chunk) > limit:
+            chunk -= 1
+        pieces = [inner[i:i + chunk] for i in range(0, len(inner), chunk)]
+        return [self._sealed(header, SKF(first if k == 1 else 0, k, len(pieces), b""), piece)
+                for k, piece in enumerate(pieces, 1)]
 
-    def unseal(self, data: bytes, msg: Message) -> tuple[Payload, ...]:
-        sk = msg.payloads[-1] if msg.payloads else None
-        if not isinstance(sk, SK):
+    def _sealed(self, header: Header, payload: SK | SKF, plain: bytes) -> bytes:
+        n = self.cout.body_len(len(plain))
+        skeleton = Message(header, (dataclasses.replace(payload, body=bytes(n)),)).encode()
+        aad = skeleton[:len(skeleton) - n]
+        return aad + self.cout.seal(aad, plain)
+
+    def open(self, data: bytes, msg: Message) -> tuple[bytes, SK | SKF]:
+        """The plaintext of the message's SK or SKF payload (raises IntegrityError)."""
+        enc = msg.payloads[-1] if msg.payloads else None
+        if not isinstance(enc, (SK, SKF)):
             raise MalformedMessage(0, "no Encrypted payload")
-        aad = data[:len(data) - len(sk.body)]
-        plain = self.cin.open(aad, sk.body)
-        return decode_payloads(plain, sk.next_payload)
+        aad = data[:len(data) - len(enc.body)]
+        return self.cin.open(aad, enc.body), enc
+
+    def unseal(self, data: bytes, msg: Message) -> tuple[Payload, ...] | None:
+        """The payloads of an authentic message; None while a fragmented one is incomplete
+        (RFC 7383 2.6: each fragment is verified on arrival, the whole decoded at the end)."""
+        plain, enc = self.open(data, msg)
+        if isinstance(enc, SK):
+            return decode_payloads(plain, enc.next_payload)
+        h = msg.header
+        if not self.frag:
+            raise MalformedMessage(HEADER_LEN, "an Encrypted Fragment payload, but fragmentation was not negotiated")
+        if enc.total_fragments > MAX_FRAGMENTS:
+            raise MalformedMessage(HEADER_LEN + 6, f"{enc.total_fragments} fragments (at most {MAX_FRAGMENTS})")
+        key = (h.message_id, h.response)
+        buf = self.reassembly.get(key)
+        if buf is None or buf.total != enc.total_fragments:
+            buf = self.reassembly[key] = _Reassembly(enc.total_fragments)   # 2.6.2: a new total starts over
+        buf.parts[enc.fragment_number] = (plain, enc.next_payload)
+        if len(buf.parts) < buf.total:
+            return None
+        del self.reassembly[key]
+        return decode_payloads(b"".join(buf.parts[k][0] for k in range(1, buf.total + 1)), buf.parts[1][1])
 
     def request(self, exchange: int, payloads: Iterable[Payload], on_response, on_fail=None) -> None:
         self.queue.append(_Request(exchange, tuple(payloads), on_response, on_fail))
@@ -261,6 +309,7 @@ class IkeSA:
 
     def respond(self, exchange: int, mid: int, payloads: Iterable[Payload]) -> None:
         data = self.seal(exchange, mid, True, tuple(payloads))
+        self.reassembly.clear()
         self.last_response = (mid, data)
         self.ike.transmit(self, data)
 
@@ -290,7 +339,7 @@ class Ike:
             "responses_resent", "cookies_sent", "cookies_refused", "no_proposal", "invalid_ke", "auth_failed",
             "ts_unacceptable", "ike_established", "ike_rekeyed", "ike_deleted", "child_installed",
             "child_rekeyed", "child_deleted", "dead_peers", "temporary_failures", "fragments_dropped",
-            "half_open_created"), 0)
+            "half_open_created", "fragments_received"), 0)
         self._cookie_secrets = [(0, os.urandom(32))]
         self._cookie_rotated = clock()
         self._policies: dict[tuple, tuple[list[Policy], int]] = {}
@@ -562,9 +611,6 @@ class Ike:
         if sa is None or (sa.spi_i, sa.spi_r) != (h.spi_i, h.spi_r) or sa.cin is None or sa.state == "dead":
             self.stats["unknown_spi"] += 1
             return
-        if any(isinstance(p, SKF) for p in msg.payloads):
-            self.stats["fragments_dropped"] += 1       # RFC 7383 is not negotiated: we never send FRAG_SUP
-            return
         if h.initiator == sa.initiator:
             self.stats["unexpected"] += 1               # our own message reflected
             return
@@ -576,12 +622,15 @@ class Ike:
         elif h.message_id != sa.mid_in:
             if sa.last_response is not None and h.message_id == sa.last_response[0]:
                 try:
-                    sa.unseal(data, msg)                # only an authentic retransmission is answered
+                    _, enc = sa.open(data, msg)         # only an authentic retransmission is answered
                 except IntegrityError:
                     self.stats["integrity_failed"] += 1
                     return
                 except (MalformedMessage, UnsupportedCriticalPayload):
                     self.stats["malformed"] += 1
+                    return
+                if isinstance(enc, SKF) and enc.fragment_number != 1:
+                    self.stats["fragments_received"] += 1   # RFC 7383 2.6.1: fragment 1 triggers the resend
                     return
                 self.stats["responses_resent"] += 1     # RFC 7296 2.1: the response was lost
                 self.transmit(sa, sa.last_response[1])
@@ -596,6 +645,9 @@ class Ike:
         except (MalformedMessage, UnsupportedCriticalPayload) as exc:
             self.stats["malformed"] += 1
             log.info("%r: inside the Encrypted payload: %s", sa, exc)
+            return
+        if payloads is None:
+            self.stats["fragments_received"] += 1
             return
         sa.last_heard = self.clock()
         if sa.natt and (remote != sa.remote or local_port != sa.local_port):
@@ -640,16 +692,18 @@ class Ike:
         payloads += [SA(tuple(p.payload(i + 1) for i, p in enumerate(conn.ike_proposals))),
                      KE(group, sa.dh.public), Nonce(sa.ni)]
         payloads += self._nat_notifies(sa.spi_i, ZERO_SPI, sa.remote, conn.encap)
+        if self.settings.fragmentation:
+            payloads.append(Notify(0, b"", NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
         if self.credential is not None:
             payloads.append(Notify(0, b"", NotifyType.SIGNATURE_HASH_ALGORITHMS,
                                    b"".join(struct.pack("!H", h) for h in SIGNATURE_HASHES)))
         msg = Message(Header(sa.spi_i, ZERO_SPI, ExchangeType.IKE_SA_INIT, 0, initiator=True), tuple(payloads))
         sa.init_request = msg.encode()
-        sa.pending = _Request(ExchangeType.IKE_SA_INIT, (), lambda p: None, None, 0, sa.init_request,
+        sa.pending = _Request(ExchangeType.IKE_SA_INIT, (), lambda p: None, None, 0, [sa.init_request],
                               self.clock(), 1)
         sa.mid_out = 1
         log.info("%s: initiating IKE SA to %s", conn.name, conn.remote)
-        self.transmit(sa, sa.init_request)
+        self.transmit(sa, [sa.init_request])
         return sa
 
     def _nat_notifies(self, spi_i: bytes, spi_r: bytes, remote: tuple[str, int], fake: bool) -> list[Notify]:
@@ -697,7 +751,7 @@ class Ike:
         if old is not None:
             if old.init_request == data and old.init_response:
                 self.stats["responses_resent"] += 1
-                self.transmit(old, old.init_response)
+                self.transmit(old, [old.init_response])
             else:
                 self.stats["unexpected"] += 1
             return
@@ -749,6 +803,9 @@ class Ike:
         sa.init_request = data
         reply: list[Payload] = [SA((accepted,)), KE(group, dh.public), Nonce(sa.nr)]
         reply += self._nat_notifies(sa.spi_i, sa.spi_r, remote, any(c.encap for c in self.connections.values()))
+        if self.settings.fragmentation and NotifyType.IKEV2_FRAGMENTATION_SUPPORTED in n:
+            reply.append(Notify(0, b"", NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
+            sa.frag = True
         if self.trust is not None:
             reply.append(CERTREQ(certs.CERT_ENCODING_X509_SIGNATURE, certs.certreq_data(self.trust)))
         if self.credential is not None:
@@ -760,7 +817,7 @@ class Ike:
         self.sas[sa.spi_r] = sa
         self.half_open[key] = sa
         self.stats["half_open_created"] += 1
-        self.transmit(sa, sa.init_response)
+        self.transmit(sa, [sa.init_response])
 
     def _init_response(self, msg: Message, data: bytes, remote: tuple[str, int]) -> None:
         h = msg.header
@@ -802,6 +859,7 @@ class Ike:
             self.stats["malformed"] += 1
             return
         sa.spi_r, sa.nr, sa.init_response = h.spi_r, nr.data, data
+        sa.frag = self.settings.fragmentation and NotifyType.IKEV2_FRAGMENTATION_SUPPORTED in n
         sa.pending = None
         sa.natt = conn.encap or self._nat_detected(sa, n, sa.spi_r)
         if sa.natt:
@@ -1246,6 +1304,7 @@ class Ike:
         new = IkeSA(self, initiator=initiator, spi_i=spi_i, spi_r=spi_r, remote=old.remote,
                     local_port=old.local_port, conn=old.conn)
         new.natt, new.peer, new.peer_id, new.ni, new.nr = old.natt, old.peer, old.peer_id, ni, nr
+        new.frag = old.frag
         self._keys(new, chosen, rekey_skeyseed(old.prf, old.keys.sk_d, shared, ni, nr))
         new.children, old.children = old.children, []
         self.sas[new.spi] = new
@@ -1335,9 +1394,16 @@ class Ike:
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    def transmit(self, sa: IkeSA, data: bytes) -> None:
-        self.stats["sent"] += 1
-        self.send(data, sa.remote, sa.local_port)
+    def transmit(self, sa: IkeSA, datagrams: list[bytes]) -> None:
+        for data in datagrams:
+            self.stats["sent"] += 1
+            self.send(data, sa.remote, sa.local_port)
+
+    def fragment_limit(self, sa: IkeSA) -> int:
+        """The longest IKE message sent whole: the fragment size (an IP datagram) less the IP
+        and UDP headers and, on the NAT-T port, the non-ESP marker (RFC 7383 2.5.1)."""
+        ip = 20 if ipaddress.ip_address(sa.remote[0]).version == 4 else 40
+        return self.settings.fragment_size - ip - 8 - (4 if sa.local_port != self.settings.port else 0)
 
     def _follow_peer(self, sa: IkeSA) -> None:
         """After a NAT rebinding the outbound SAs must go to the new address and port: they

@@ -42,6 +42,7 @@ __all__ = [
     "EncrId",
     "EsnId",
     "ExchangeType",
+    "HEADER_LEN",
     "Header",
     "IDi",
     "IDr",
