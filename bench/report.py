@@ -62,10 +62,7 @@ def main(path):
         if ours and swan:
             line += f": {ours['rate'] / swan['rate']:.2f}x"
         print(line)
-        if "ipsp-per-ts" in peers:
-            print(f"  (diagnostic, not charon's configuration: ipsp with one [[connection]] per /32 pair "
-                  f"{peers['ipsp-per-ts']['rate']:,.0f}/s)")
-        for name, p in (("ipsp", ours), ("ipsp-per-ts", peers.get("ipsp-per-ts")), ("strongSwan", swan)):
+        for name, p in (("ipsp", ours), ("strongSwan", swan)):
             if p:
                 print(f"  {name:11} {p['handshakes']} handshakes, {p.get('window', '?')} in flight; CPU per handshake: "
                       f"responder {p.get('responder_cpu_us', 0):,.0f} us, initiator {p.get('initiator_cpu_us', 0):,.0f} us "

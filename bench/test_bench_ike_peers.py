@@ -13,8 +13,6 @@ IKE_SA_INIT to the N-th Child SA installed on our side (the IKE_AUTH response pr
 responder has done all of its work). The responder is started afresh before every round
 (untimed) and holds one connection 10.60.0.0/16 === 10.50.0.0/16, narrowed to each /32, and
 keeps every IKE SA (charon: ``unique = never``; our initiator sends no INITIAL_CONTACT).
-"ipsp-per-ts" is a diagnostic, not charon's configuration: the gateway with one
-[[connection]] (so one reqid) per /32 pair.
 
 Both responders: cookies and charon's per-peer limits are out of the way (cookie_threshold,
 cookie_threshold_ip, block_threshold far above WINDOW); charon logs at level 0 in every group
@@ -125,33 +123,8 @@ secrets {{
 """
 
 
-def gateway_toml(ctl: Path, per_ts: bool = False) -> str:
-    """One [[connection]] for 10.60.0.0/16 === 10.50.0.0/16 (as charon's), or with *per_ts*
-    one per /32 pair (each its own reqid)."""
-    if per_ts:
-        conns = "".join(f"""
-[[connection]]
-name = "c{i}"
-peer = "init"
-local_ts = ["{inner(i, 60)}/32"]
-remote_ts = ["{inner(i, 50)}/32"]
-ike_proposals = ["{IKE_PROPOSAL}"]
-esp_proposals = ["{ESP_PROPOSAL}"]
-start = "none"
-dpd = 0
-""" for i in range(N))
-    else:
-        conns = f"""
-[[connection]]
-name = "peers"
-peer = "init"
-local_ts = ["10.60.0.0/16"]
-remote_ts = ["10.50.0.0/16"]
-ike_proposals = ["{IKE_PROPOSAL}"]
-esp_proposals = ["{ESP_PROPOSAL}"]
-start = "none"
-dpd = 0
-"""
+def gateway_toml(ctl: Path) -> str:
+    """One [[connection]] for 10.60.0.0/16 === 10.50.0.0/16, as charon's."""
     return f"""\
 [gateway]
 tun = "ipsp0"
@@ -171,7 +144,17 @@ name = "init"
 id = "fqdn:init.ipsp.test"
 auth = "psk"
 psk = "0x{PSK.encode().hex()}"
-{conns}"""
+
+[[connection]]
+name = "peers"
+peer = "init"
+local_ts = ["10.60.0.0/16"]
+remote_ts = ["10.50.0.0/16"]
+ike_proposals = ["{IKE_PROPOSAL}"]
+esp_proposals = ["{ESP_PROPOSAL}"]
+start = "none"
+dpd = 0
+"""
 
 
 def inner(i: int, net: int) -> str:
@@ -263,13 +246,12 @@ class SwanResponder:
 
 class IpspResponder:
     name = "ipsp"
-    per_ts = False
 
     def __init__(self, topo: Topo):
         d = topo.fresh_dir("ipsp")
         self.ctl = d / "ctl.sock"
         self.conf = d / "gw.toml"
-        self.conf.write_text(gateway_toml(self.ctl, self.per_ts))
+        self.conf.write_text(gateway_toml(self.ctl))
         self.log = d / "gw.log"
         self.env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
         self._out = open(self.log, "w")
@@ -323,14 +305,7 @@ class IpspResponder:
         self._out.close()
 
 
-class IpspPerTsResponder(IpspResponder):
-    """Not charon's configuration: one [[connection]] (and reqid) per /32 pair. A diagnostic
-    beside "ipsp": under one connection every Child SA shares its reqid."""
-    name = "ipsp-per-ts"
-    per_ts = True
-
-
-RESPONDERS = {"strongswan": SwanResponder, "ipsp": IpspResponder, "ipsp-per-ts": IpspPerTsResponder}
+RESPONDERS = {"strongswan": SwanResponder, "ipsp": IpspResponder}
 
 
 # -- the initiator --------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ class _Endpoint(asyncio.DatagramProtocol):
             if len(data) <= 4 or data[:4] != NON_ESP_MARKER:
                 return                      # ESP or a keepalive: not for IKE
             data = data[4:]
-        self.daemon.ike.receive(data, (addr[0], addr[1]), self.port)
+        self.daemon.receive(data, (addr[0], addr[1]), self.port)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("IKE socket on port %d: %s", self.port, exc)
@@ -73,6 +73,7 @@ class IkeDaemon:
         self._thread: threading.Thread | None = None
         self._transports: dict[int, asyncio.DatagramTransport] = {}
         self._ready = threading.Event()
+        self._batch: contextlib.ExitStack | None = None
         self._error: BaseException | None = None
         engine.km.on("acquire", self._on_acquire)
         engine.km.on("expire", self._on_expire)
@@ -149,7 +150,21 @@ class IkeDaemon:
     def feed(self, data: bytes, remote: tuple[str, int]) -> None:
         """An IKE message (marker removed) that arrived on the gateway's 4500 socket; any thread."""
         if self.loop is not None and self.loop.is_running():
-            self.loop.call_soon_threadsafe(self.ike.receive, data, remote, self.settings.nat_port)
+            self.loop.call_soon_threadsafe(self.receive, data, remote, self.settings.nat_port)
+
+    def receive(self, data: bytes, remote: tuple[str, int], local_port: int) -> None:
+        """On the loop: the datagrams of one loop iteration share one engine table rebuild
+        (the rebuild costs in proportion to all installed SAs: one per handshake would make
+        many handshakes at once cost the square of their number)."""
+        if self._batch is None:
+            self._batch = contextlib.ExitStack()
+            self._batch.enter_context(self.engine.changes())
+            self.loop.call_soon(self._end_batch)
+        self.ike.receive(data, remote, local_port)
+
+    def _end_batch(self) -> None:
+        batch, self._batch = self._batch, None
+        batch.close()
 
     def _send(self, data: bytes, remote: tuple[str, int], local_port: int) -> None:
         try:
