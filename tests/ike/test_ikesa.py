@@ -18,6 +18,7 @@ import ike_pki
 from ipsp.ike import certs
 from ipsp.ike.config import IkeSettings
 from ipsp.ike.message import ExchangeType, Message
+from ipsp.pad import Identity
 from ipsp.sad import SAStateName
 from ipsp.spd import Action, Direction
 
@@ -309,6 +310,50 @@ def test_certificate_authentication(pki, a_type, b_type):
     sa_a, sa_b = established(p)
     assert str(sa_a.peer_id) == "fqdn:b.ipsp.test" and str(sa_b.peer_id) == "fqdn:a.ipsp.test"
     keys_agree(p)
+
+
+def test_dn_identities_with_certificates(pki):
+    """ID_DER_ASN1_DN: each side sends its certificate's subject as its identity."""
+    d, ca = pki
+    p = cert_pair(pki)
+    for side, other in ((p.a, "b"), (p.b, "a")):
+        conn = next(iter(side.ike.connections.values()))
+        side.ike.connections[conn.name] = dataclasses.replace(conn, local_id=None)
+        side.ike.settings = IkeSettings()
+        peer = side.pad.get(other)
+        side.pad.remove(other)
+        side.pad.add(dataclasses.replace(peer, identities=(Identity.parse(f"dn:CN={other},O=ipsp test"),)))
+    p.connect()
+    sa_a, sa_b = established(p)
+    assert str(sa_a.peer_id) == "dn:CN=b,O=ipsp test" and str(sa_b.peer_id) == "dn:CN=a,O=ipsp test"
+
+
+def test_ip_identities_with_psk():
+    p = Pair(a_conn={"local_id": "ip:192.0.2.1"}, b_conn={"local_id": "ip:192.0.2.2"},
+             a_peer={}, b_peer={})
+    for side, other, addr in ((p.a, "b", "192.0.2.2"), (p.b, "a", "192.0.2.1")):
+        peer = side.pad.get(other)
+        side.pad.remove(other)
+        side.pad.add(dataclasses.replace(peer, identities=(Identity.parse(f"ip:{addr}"),)))
+    p.connect()
+    sa_a, _ = established(p)
+    assert str(sa_a.peer_id) == "ip:192.0.2.2"
+
+
+def test_certificate_chain_through_an_intermediate(pki):
+    """a's certificate comes from an intermediate CA that b does not know: a sends it after its
+    own (RFC 7296 3.6), b builds the path to the root it trusts."""
+    d, ca = pki
+    sub = ike_pki.make_ca("ipsp test intermediate", parent=ca)
+    a = ike_pki.make_cert(sub, "a", san_dns=["a.ipsp.test"])
+    p = cert_pair(pki)
+    p.a.ike.credential = certs.Credential(a.cert, a.key, (sub.cert,))
+    p.connect()
+    established(p)
+    p2 = cert_pair(pki)
+    p2.a.ike.credential = certs.Credential(a.cert, a.key)             # without the intermediate
+    p2.connect()
+    assert not p2.b.ike.sas and p2.b.ike.stats["auth_failed"] == 1
 
 
 def test_revoked_certificate_is_refused(pki, caplog):

@@ -427,6 +427,19 @@ def test_psk_tunnel_traffic(run, topo, initiator, tmp_path):
     assert int(kid["bytes-in"]) > 2 << 20 and int(kid["bytes-out"]) > 2 << 20, kid
 
 
+def test_trap_negotiates_on_the_first_packet(run, topo):
+    """start = "trap": the policy is in place with no SA; the first packet toward the peer
+    raises the engine's acquire event and the daemon negotiates (the packet itself is dropped)."""
+    ch = run.charon(swan_conf())
+    gw = run.gateway(start="trap")
+    time.sleep(0.5)
+    assert ch.list_sas() == {} and gw.established() == []
+    topo.ours.ping(SWAN_IN, "-I", OURS_IN, "-W", "1", count=1, check=False)
+    until(lambda: [sa for sa in gw.established() if sa["children"]], 5, "the acquired IKE SA and Child SA")
+    assert gw.established()[0]["initiator"] is True
+    ping_both(topo)
+
+
 # -- 2: certificates ------------------------------------------------------------------------------
 
 def make_pki(tmp: pathlib.Path, key_type: str, **swan_kw):
