@@ -36,9 +36,6 @@ import importlib.util
 import json
 import os
 import re
-import select
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -64,7 +61,6 @@ ROUNDS = int(os.environ.get("IKE_PEERS_ROUNDS", "3"))
 INIT, RESP = "192.0.2.1", "192.0.2.2"
 PSK = "ipsp-bench-peers-psk-0123456789abcdef"
 IKE_PROPOSAL, ESP_PROPOSAL = "aes128gcm16-prfsha256-x25519", "aes128gcm16"
-MARKER = b"\0\0\0\0"
 HZ = os.sysconf("SC_CLK_TCK")
 
 CHARON_EXTRA = """\
@@ -171,40 +167,16 @@ def cpu_seconds(pid: int) -> float:
 
 # -- topology and responders ----------------------------------------------------------------------
 
-class Topo:
+class Topo(ss.Pair):
     def __init__(self):
-        self.dir = ss.state_root()
-        self.init = ss.Netns("bp-init")
-        self.resp = ss.Netns("bp-resp")
-        ss.link(self.init, INIT, self.resp, RESP)
+        super().__init__("bp-init", INIT, "bp-resp", RESP, ike_sockets=True, rcvbuf=4 << 20)
+        self.init, self.resp = self.a, self.b
         # charon's kernel-libipsec routes each outbound policy into its TUN with a source
         # address from the local selector: it refuses a Child SA (TS_UNACCEPTABLE) unless one
         # exists, so the responder namespace holds every 10.60.x.y (the gateway ignores them)
         batch = "".join(f"address add {inner(i, 60)}/32 dev lo\n" for i in range(N))
         ss.sh("ip", "-n", self.resp.name, "-batch", "-", input=batch)
-        self.socks: dict[int, socket.socket] = {}
-        for port in (500, 4500):
-            s = ss.socket_in(self.init, socket.AF_INET, socket.SOCK_DGRAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-            s.bind((INIT, port))
-            s.setblocking(False)
-            self.socks[port] = s
-        self.count = 0
         self.responder = None
-
-    def drain(self) -> None:
-        for s in self.socks.values():
-            while True:
-                try:
-                    s.recvfrom(65535)
-                except BlockingIOError:
-                    break
-
-    def fresh_dir(self, role: str) -> Path:
-        self.count += 1
-        d = self.dir / f"{self.count}-{role}"
-        d.mkdir(parents=True, exist_ok=True)
-        return d
 
     def stop_responder(self) -> None:
         if self.responder is not None:
@@ -213,19 +185,14 @@ class Topo:
 
     def teardown(self) -> None:
         self.stop_responder()
-        ss.stop_all()
-        for s in self.socks.values():
-            s.close()
-        for ns in (self.init, self.resp):
-            ns.delete()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        super().teardown()
 
 
 class SwanResponder:
     name = "strongswan"
 
     def __init__(self, topo: Topo):
-        self.charon = ss.Charon(topo.resp, topo.fresh_dir("swan"), swanctl_conf=SWANCTL, extra_conf=CHARON_EXTRA)
+        self.charon = ss.Charon(topo.resp, topo.state("swan"), swanctl_conf=SWANCTL, extra_conf=CHARON_EXTRA)
         self.charon.start()
 
     @property
@@ -248,7 +215,7 @@ class IpspResponder:
     name = "ipsp"
 
     def __init__(self, topo: Topo):
-        d = topo.fresh_dir("ipsp")
+        d = topo.state("ipsp")
         self.ctl = d / "ctl.sock"
         self.conf = d / "gw.toml"
         self.conf.write_text(gateway_toml(self.ctl))
@@ -333,12 +300,9 @@ class Initiator:
                      "local_id": "fqdn:init.ipsp.test", "reqid": 1000 + i,
                      "ike_proposals": [IKE_PROPOSAL], "esp_proposals": [ESP_PROPOSAL], "dpd": 0}
             conn = connection(table, f"connection[{i}]", i, peers)
-            self.ikes.append((conn.name, Ike(self.km, pad, settings, [conn], local=INIT, send=self._send,
+            self.ikes.append((conn.name, Ike(self.km, pad, settings, [conn], local=INIT, send=topo.send_ike,
                                              clock=time.monotonic)))
         self.unrouted = 0
-
-    def _send(self, data: bytes, to: tuple[str, int], port: int) -> None:
-        self.topo.socks[port].sendto(MARKER + data if port == 4500 else data, to)
 
     @property
     def stats(self) -> dict[str, int]:
@@ -357,8 +321,18 @@ class Initiator:
         active: dict[int, Ike] = {}            # id(ike) -> ike, started and no Child SA yet
         by_spi: dict[bytes, Ike] = {}
         done = 0
-        socks = list(self.topo.socks.items())
-        fds = [s for _, s in socks]
+
+        def deliver(data: bytes, addr, port: int) -> None:
+            nonlocal done
+            ike = by_spi.get(data[:8])
+            if ike is None:
+                self.unrouted += 1
+                return
+            ike.receive(data, addr, port)
+            if id(ike) in active and ike.stats["child_installed"]:
+                del active[id(ike)]
+                done += 1
+
         c0, t0 = time.process_time(), time.perf_counter()
         deadline = time.monotonic() + timeout
         next_tick = time.monotonic() + 0.1
@@ -375,27 +349,7 @@ class Initiator:
                 for ike in list(active.values()):
                     ike.tick()
                 next_tick = now + 0.1
-            ready, _, _ = select.select(fds, [], [], 0.05)
-            for port, s in socks:
-                if s not in ready:
-                    continue
-                while True:
-                    try:
-                        data, addr = s.recvfrom(65535)
-                    except BlockingIOError:
-                        break
-                    if port == 4500:
-                        if len(data) < 4 or data[:4] != MARKER:
-                            continue             # ESP in UDP or a keepalive: not for IKE
-                        data = data[4:]
-                    ike = by_spi.get(data[:8])
-                    if ike is None:
-                        self.unrouted += 1
-                        continue
-                    ike.receive(data, addr, port)
-                    if id(ike) in active and ike.stats["child_installed"]:
-                        del active[id(ike)]
-                        done += 1
+            self.topo.receive_ike(deliver, 0.05)
         return time.perf_counter() - t0, time.process_time() - c0
 
     def close(self) -> None:
@@ -407,14 +361,7 @@ class Initiator:
 
 @pytest.fixture(scope="module")
 def topo():
-    reason = ss.available()
-    if reason:
-        pytest.skip(reason)
-    t = Topo()
-    try:
-        yield t
-    finally:
-        t.teardown()
+    yield from ss.module_topology(Topo)
 
 
 @pytest.mark.parametrize("responder", list(RESPONDERS))

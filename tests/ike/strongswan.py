@@ -779,6 +779,95 @@ def capture_ike(ns: Netns, iface: str, pcap: str | os.PathLike | None = None):
             cap.write_pcap(pcap)
 
 
+# -- two namespaces, and our IKE sockets in one of them ---------------------------------------
+
+MARKER = b"\0\0\0\0"                # the non-ESP marker in front of IKE on 4500 (RFC 3948 2.2)
+
+
+class Pair:
+    """Namespaces *a* and *b* joined by a veth link (``a_if``, ``b_if``), each with an inner
+    /32 on lo when given, a state directory for the test's processes (``state(role)``) and,
+    with *ike_sockets*, UDP 500 and 4500 sockets bound to *a_addr* inside *a* (``socks``, by
+    port) for an IKE daemon running in this process. ``teardown()`` stops every charon,
+    closes the sockets and deletes both namespaces and the directory."""
+
+    def __init__(self, a_role: str, a_addr: str, b_role: str, b_addr: str, *, a_inner: str | None = None,
+                 b_inner: str | None = None, ike_sockets: bool = False, rcvbuf: int | None = None):
+        self.dir = state_root()
+        self.a, self.b = Netns(a_role), Netns(b_role)
+        self.a_if, self.b_if = link(self.a, a_addr, self.b, b_addr)
+        for ns, inner in ((self.a, a_inner), (self.b, b_inner)):
+            if inner:
+                add_lo_address(ns, f"{inner}/32")
+        self.socks: dict[int, socket.socket] = {}
+        for port in (500, 4500) if ike_sockets else ():
+            sock = socket_in(self.a, socket.AF_INET, socket.SOCK_DGRAM)
+            if rcvbuf:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.bind((a_addr, port))
+            sock.setblocking(False)
+            self.socks[port] = sock
+        self.count = 0
+
+    def state(self, role: str) -> Path:
+        self.count += 1
+        d = self.dir / f"{self.count}-{role}"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def send_ike(self, data: bytes, to: tuple[str, int], port: int) -> None:
+        """An IKE daemon's send callable: from our port *port*, with the marker on 4500."""
+        self.socks[port].sendto(MARKER + data if port == 4500 else data, to)
+
+    def receive_ike(self, deliver, timeout: float) -> None:
+        """Wait up to *timeout* for datagrams, then hand each pending IKE message to
+        ``deliver(data, (addr, port), our_port)`` (ESP and keepalives on 4500 are skipped)."""
+        ready, _, _ = select.select(list(self.socks.values()), [], [], timeout)
+        for port, sock in self.socks.items():
+            while sock in ready:
+                try:
+                    data, addr = sock.recvfrom(65535)
+                except BlockingIOError:
+                    break
+                if port == 4500:
+                    if data[:4] != MARKER or len(data) <= 4:
+                        continue
+                    data = data[4:]
+                deliver(data, addr, port)
+
+    def drain(self) -> None:
+        """Forget whatever is queued on our sockets (between tests)."""
+        self.receive_ike(lambda *_: None, 0)
+
+    def teardown(self) -> None:
+        stop_all()
+        for sock in self.socks.values():
+            sock.close()
+        for ns in (self.a, self.b):
+            ns.delete()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def module_topology(factory):
+    """The body of a module-scoped fixture: skipped with the reason when charon cannot run
+    here, the topology from *factory*, always torn down::
+
+        @pytest.fixture(scope="module")
+        def topo():
+            yield from ss.module_topology(Topo)
+    """
+    import pytest
+
+    reason = available()
+    if reason:
+        pytest.skip(reason)
+    topology = factory()
+    try:
+        yield topology
+    finally:
+        topology.teardown()
+
+
 # -- cleanup ----------------------------------------------------------------------------------
 
 def stop_all() -> None:

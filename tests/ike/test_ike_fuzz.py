@@ -41,7 +41,6 @@ from ipsp.ike.message import (
     ExchangeType,
     MalformedMessage,
     Message,
-    SK,
     UnsupportedCriticalPayload,
 )
 

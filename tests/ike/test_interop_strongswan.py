@@ -20,7 +20,6 @@ import json
 import os
 import pathlib
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -61,39 +60,15 @@ def until(predicate, timeout: float, what: str):
 
 # -- topology -----------------------------------------------------------------------------------
 
-class Topo:
+class Topo(ss.Pair):
     def __init__(self):
-        self.dir = ss.state_root()
-        self.ours = ss.Netns("ours")
-        self.swan = ss.Netns("swan")
-        self.ours_if, self.swan_if = ss.link(self.ours, OURS_OUT, self.swan, SWAN_OUT)
-        ss.add_lo_address(self.ours, f"{OURS_IN}/32")
-        ss.add_lo_address(self.swan, f"{SWAN_IN}/32")
-        self.count = 0
-
-    def state(self, role: str) -> pathlib.Path:
-        self.count += 1
-        d = self.dir / f"{self.count}-{role}"
-        d.mkdir(parents=True, exist_ok=True)
-        return d
-
-    def teardown(self) -> None:
-        ss.stop_all()
-        for ns in (self.ours, self.swan):
-            ns.delete()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        super().__init__("ours", OURS_OUT, "swan", SWAN_OUT, a_inner=OURS_IN, b_inner=SWAN_IN)
+        self.ours, self.swan, self.ours_if, self.swan_if = self.a, self.b, self.a_if, self.b_if
 
 
 @pytest.fixture(scope="module")
 def topo():
-    reason = ss.available()
-    if reason:
-        pytest.skip(reason)
-    t = Topo()
-    try:
-        yield t
-    finally:
-        t.teardown()
+    yield from ss.module_topology(Topo)
 
 
 # -- configuration ------------------------------------------------------------------------------

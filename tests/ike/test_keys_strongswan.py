@@ -14,9 +14,6 @@ IKE SA rekeys from either side.
 from __future__ import annotations
 
 import re
-import select
-import shutil
-import socket
 import threading
 import time
 
@@ -34,7 +31,6 @@ OURS, SWAN = "198.51.100.1", "198.51.100.2"
 OURS_IN, SWAN_IN = "10.3.0.1", "10.4.0.1"
 PSK = "ipsp-key-check-psk-0123456789abcdef"
 CONN = "kx"
-MARKER = b"\0\0\0\0"
 
 IKE_PROPOSALS = ("aes128-sha256-x25519", "aes128gcm16-prfsha256-x25519", "aes256-sha256-modp2048")
 ESP_PROPOSALS = ("aes128gcm16", "aes256-sha256", "chacha20poly1305")
@@ -42,53 +38,15 @@ ESP_PROPOSALS = ("aes128gcm16", "aes256-sha256", "chacha20poly1305")
 
 # -- topology and pump ----------------------------------------------------------------------------
 
-class Topo:
+class Topo(ss.Pair):
     def __init__(self):
-        self.dir = ss.state_root()
-        self.ours = ss.Netns("kx-ours")
-        self.swan = ss.Netns("kx-swan")
-        ss.link(self.ours, OURS, self.swan, SWAN)
-        ss.add_lo_address(self.ours, f"{OURS_IN}/32")
-        ss.add_lo_address(self.swan, f"{SWAN_IN}/32")
-        self.socks: dict[int, socket.socket] = {}
-        for port in (500, 4500):
-            s = ss.socket_in(self.ours, socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind((OURS, port))
-            s.setblocking(False)
-            self.socks[port] = s
-        self.count = 0
-
-    def state(self, role: str):
-        self.count += 1
-        return self.dir / f"{self.count}-{role}"
-
-    def drain(self) -> None:
-        for s in self.socks.values():
-            while True:
-                try:
-                    s.recvfrom(65535)
-                except BlockingIOError:
-                    break
-
-    def teardown(self) -> None:
-        ss.stop_all()
-        for s in self.socks.values():
-            s.close()
-        for ns in (self.ours, self.swan):
-            ns.delete()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        super().__init__("kx-ours", OURS, "kx-swan", SWAN, a_inner=OURS_IN, b_inner=SWAN_IN, ike_sockets=True)
+        self.ours, self.swan = self.a, self.b
 
 
 @pytest.fixture(scope="module")
 def topo():
-    reason = ss.available()
-    if reason:
-        pytest.skip(reason)
-    t = Topo()
-    try:
-        yield t
-    finally:
-        t.teardown()
+    yield from ss.module_topology(Topo)
 
 
 class Ours:
@@ -103,11 +61,8 @@ class Ours:
                  "ike_proposals": [ike_proposal], "esp_proposals": [esp_proposal], "dpd": 0}
         conn = connection(table, "connection[0]", 0, {p.name: p for p in pad})
         self.km = KeyManagerAPI(clock=time.monotonic)
-        self.ike = Ike(self.km, pad, IkeSettings(), [conn], local=OURS, send=self._send, clock=time.monotonic)
+        self.ike = Ike(self.km, pad, IkeSettings(), [conn], local=OURS, send=topo.send_ike, clock=time.monotonic)
         self.errors: list[BaseException] = []
-
-    def _send(self, data: bytes, to: tuple[str, int], port: int) -> None:
-        self.topo.socks[port].sendto(MARKER + data if port == 4500 else data, to)
 
     def pump(self, until, timeout: float = 15.0, what: str = "", background=None) -> None:
         """Deliver datagrams (and tick every 0.1 s) until ``until()`` is true and *background*
@@ -123,7 +78,6 @@ class Ours:
             thread.start()
         deadline = time.monotonic() + timeout
         next_tick = 0.0
-        socks = list(self.topo.socks.items())
         while True:
             if until() and (thread is None or not thread.is_alive()):
                 break
@@ -136,20 +90,7 @@ class Ours:
             if now >= next_tick:
                 self.ike.tick()
                 next_tick = now + 0.1
-            ready, _, _ = select.select([s for _, s in socks], [], [], 0.05)
-            for port, s in socks:
-                if s not in ready:
-                    continue
-                while True:
-                    try:
-                        data, addr = s.recvfrom(65535)
-                    except BlockingIOError:
-                        break
-                    if port == 4500:
-                        if len(data) < 4 or data[:4] != MARKER:
-                            continue           # ESP in UDP or a keepalive: not for IKE
-                        data = data[4:]
-                    self.ike.receive(data, addr, port)
+            self.topo.receive_ike(self.ike.receive, 0.05)
         if thread is not None:
             thread.join()
         if self.errors:

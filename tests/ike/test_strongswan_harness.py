@@ -38,37 +38,15 @@ PSK = "ipsp-harness-test-psk-0123456789"
 
 # -- fixtures ---------------------------------------------------------------------------------
 
-class Topo:
+class Topo(ss.Pair):
     def __init__(self):
-        self.dir = ss.state_root()
-        self.left = ss.Netns("left")
-        self.right = ss.Netns("right")
-        self.left_if, self.right_if = ss.link(self.left, LEFT_OUT, self.right, RIGHT_OUT)
-        ss.add_lo_address(self.left, f"{LEFT_IN}/32")
-        ss.add_lo_address(self.right, f"{RIGHT_IN}/32")
-        self.count = 0
-
-    def state(self, role: str) -> Path:
-        self.count += 1
-        return self.dir / f"{self.count}-{role}"
-
-    def teardown(self) -> None:
-        ss.stop_all()
-        for ns in (self.left, self.right):
-            ns.delete()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        super().__init__("left", LEFT_OUT, "right", RIGHT_OUT, a_inner=LEFT_IN, b_inner=RIGHT_IN)
+        self.left, self.right, self.left_if, self.right_if = self.a, self.b, self.a_if, self.b_if
 
 
 @pytest.fixture(scope="module")
 def topo():
-    reason = ss.available()
-    if reason:
-        pytest.skip(reason)
-    t = Topo()
-    try:
-        yield t
-    finally:
-        t.teardown()
+    yield from ss.module_topology(Topo)
 
 
 @pytest.fixture
