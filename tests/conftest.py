@@ -1,6 +1,16 @@
 """Suite-wide setup."""
 
+import importlib.util
+import sys
 import warnings
+from pathlib import Path
+
+# the namespace tests' shared helpers (tests/nslib.py), importable as "nslib" (the suite runs
+# with --import-mode=importlib, where tests/ is not on sys.path)
+if "nslib" not in sys.modules:
+    _spec = importlib.util.spec_from_file_location("nslib", Path(__file__).with_name("nslib.py"))
+    sys.modules["nslib"] = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(sys.modules["nslib"])
 
 # When a Hypothesis test fails, its pytest plugin imports hypothesis.extra._patching (libcst,
 # mypy_extensions) to suggest a patch; that import emits a DeprecationWarning which the

@@ -31,6 +31,7 @@ import pytest
 
 import fastpath
 import ipsp
+from nslib import sh, unavailable, until
 
 HERE = pathlib.Path(__file__).resolve().parent
 SHIM = HERE / "shim.py"
@@ -54,22 +55,6 @@ PATH_MTU = 1500
 WAN1, WAN2, GW2_OUT_ROUTED, NARROW_MTU = "192.0.2.254", "198.51.100.254", "198.51.100.2", 1400
 
 
-def sh(*cmd, check: bool = True, timeout: float = 30, **kw) -> subprocess.CompletedProcess:
-    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, **kw)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} exited {r.returncode}\n{r.stdout}{r.stderr}")
-    return r
-
-
-def until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def _alive(pid: int) -> bool:
@@ -616,26 +601,9 @@ class Topology:
 
 # -- fixtures ---------------------------------------------------------------------------------
 
-def _unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, veth, TUN)"
-    if shutil.which("ip") is None:
-        return "needs iproute2 (ip)"
-    try:
-        os.close(os.open("/dev/net/tun", os.O_RDWR))
-    except OSError as exc:
-        return f"needs /dev/net/tun: {exc}"
-    probe = f"{PREFIX}{os.getpid()}-probe"
-    r = sh("ip", "netns", "add", probe, check=False)
-    if r.returncode != 0:
-        return f"cannot create a network namespace: {r.stderr.strip()}"
-    sh("ip", "netns", "del", probe, check=False)
-    return None
-
-
 @pytest.fixture(scope="session")
 def topo():
-    reason = _unavailable()
+    reason = unavailable(PREFIX)
     if reason:
         pytest.skip(reason)
     delete_stale()

@@ -37,6 +37,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import importlib.util
 import os
 import re
 import select
@@ -45,6 +46,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -63,14 +65,16 @@ _NAMESPACES: list["Netns"] = []
 _stale_done = False
 
 
-def sh(*cmd, check: bool = True, timeout: float = 30, input=None, env=None) -> subprocess.CompletedProcess:
-    """Run a command (text mode, output captured); raise AssertionError with its output when it
-    fails and *check*."""
-    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout,
-                       input=input, env=env)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} exited {r.returncode}\n{r.stdout}{r.stderr}")
-    return r
+def _nslib():
+    # tests/conftest.py registers it; the benchmarks load this harness without that conftest
+    if "nslib" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("nslib", Path(__file__).parents[1] / "nslib.py")
+        sys.modules["nslib"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules["nslib"])
+    return sys.modules["nslib"]
+
+
+sh, until = _nslib().sh, _nslib().until
 
 
 def available() -> str | None:
@@ -83,18 +87,7 @@ def available() -> str | None:
     for plugin in ("kernel-libipsec", "vici", "curve25519"):
         if not Path(f"/usr/lib/ipsec/plugins/libstrongswan-{plugin}.so").exists():
             return f"needs the strongSwan {plugin} plugin (libcharon-extra-plugins, libstrongswan-extra-plugins)"
-    if shutil.which("ip") is None:
-        return "needs iproute2 (ip)"
-    try:
-        os.close(os.open("/dev/net/tun", os.O_RDWR))
-    except OSError as exc:
-        return f"needs /dev/net/tun: {exc}"
-    probe = f"{PREFIX}{os.getpid()}-probe"
-    r = sh("ip", "netns", "add", probe, check=False)
-    if r.returncode != 0:
-        return f"cannot create a network namespace: {r.stderr.strip()}"
-    sh("ip", "netns", "del", probe, check=False)
-    return None
+    return _nslib().unavailable(PREFIX)
 
 
 # -- namespaces -------------------------------------------------------------------------------

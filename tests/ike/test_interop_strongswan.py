@@ -31,6 +31,7 @@ import fastpath
 import ipsp
 import ike_pki
 import strongswan as ss
+from nslib import until
 
 pytestmark = pytest.mark.netns
 
@@ -45,17 +46,6 @@ CONN = "swan"
 SRC = os.pathsep.join(dict.fromkeys(str(pathlib.Path(m.__file__).resolve().parents[1]) for m in (ipsp, fastpath)))
 ENV = {**os.environ, "PYTHONPATH": SRC + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")}
 READY_TIMEOUT = float(os.environ.get("IPSP_GATEWAY_READY_TIMEOUT", "10"))
-
-
-def until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
 
 
 # -- topology -----------------------------------------------------------------------------------

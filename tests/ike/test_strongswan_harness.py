@@ -14,7 +14,6 @@ import importlib.util
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -185,7 +184,7 @@ def test_psk_tunnel_rekey_keys(topo, charons):
     right.rekey(child="net")
     right.wait_log(r"CHILD_SA net\{\d+\} state change: \w+ => DELETED", start=mark_r)
     left.wait_log(r"CHILD_SA net\{\d+\} state change: \w+ => DELETED", start=mark_l)
-    new = ss_until(lambda: [k for k in left.child_sas("gw", "net") if k["state"] == "INSTALLED"
+    new = ss.until(lambda: [k for k in left.child_sas("gw", "net") if k["state"] == "INSTALLED"
                             and k["spi-in"] != old], 5, "the rekeyed CHILD_SA on the left")[0]
     topo.left.ping(RIGHT_IN, "-I", LEFT_IN, count=2)
     new = next(k for k in left.child_sas("gw", "net") if k["spi-in"] == new["spi-in"])
@@ -197,19 +196,8 @@ def test_psk_tunnel_rekey_keys(topo, charons):
 
     left.terminate(ike="gw")
     assert "gw" not in left.list_sas()
-    ss_until(lambda: "gw" not in right.list_sas(), 5, "the right side to drop the IKE_SA")
+    ss.until(lambda: "gw" not in right.list_sas(), 5, "the right side to drop the IKE_SA")
     assert topo.left.ping(RIGHT_IN, "-I", LEFT_IN, count=1, check=False).returncode != 0
-
-
-def ss_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.02)
 
 
 # -- certificates -----------------------------------------------------------------------------
