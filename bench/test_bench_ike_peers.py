@@ -82,41 +82,11 @@ charon {
 }
 """
 
-SWANCTL = f"""\
-connections {{
-    peers {{
-        version = 2
-        local_addrs = {RESP}
-        remote_addrs = {INIT}
-        proposals = {IKE_PROPOSAL}
-        unique = never
-        rekey_time = 0
-        local {{
-            auth = psk
-            id = @resp.ipsp.test
-        }}
-        remote {{
-            auth = psk
-            id = @init.ipsp.test
-        }}
-        children {{
-            net {{
-                local_ts = 10.60.0.0/16
-                remote_ts = 10.50.0.0/16
-                esp_proposals = {ESP_PROPOSAL}
-                rekey_time = 0
-            }}
-        }}
-    }}
-}}
-secrets {{
-    ike-peers {{
-        id-resp = @resp.ipsp.test
-        id-init = @init.ipsp.test
-        secret = "{PSK}"
-    }}
-}}
-"""
+SWANCTL = ss.swanctl_conf(local_addrs=RESP, remote_addrs=INIT, proposals=IKE_PROPOSAL,
+                          local="auth = psk\nid = @resp.ipsp.test", remote="auth = psk\nid = @init.ipsp.test",
+                          local_ts="10.60.0.0/16", remote_ts="10.50.0.0/16", esp=ESP_PROPOSAL, connection="peers",
+                          conn_options="unique = never\nrekey_time = 0", child_options="rekey_time = 0",
+                          secrets=ss.psk_secret(PSK, "@resp.ipsp.test", "@init.ipsp.test", name="ike-peers"))
 
 
 def gateway_toml(ctl: Path) -> str:

@@ -5,9 +5,12 @@ module ``nslib`` by tests/conftest.py; loaded by path where that conftest does n
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 import subprocess
 import time
+from pathlib import Path
 
 
 def sh(*cmd, check: bool = True, timeout: float = 30, **kw) -> subprocess.CompletedProcess:
@@ -48,3 +51,41 @@ def unavailable(prefix: str) -> str | None:
         return f"cannot create a network namespace: {r.stderr.strip()}"
     sh("ip", "netns", "del", probe, check=False)
     return None
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def delete_namespace(name: str) -> None:
+    # whatever still runs inside keeps the namespace alive: stop it first, by pid
+    for pid in sh("ip", "netns", "pids", name, check=False).stdout.split():
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+    sh("ip", "netns", "del", name, check=False)
+
+
+def delete_stale(prefix: str, tmp: str = "/tmp") -> list[str]:
+    """Namespaces <prefix><pid>-<role> and directories /tmp/<prefix><pid>-* of earlier runs
+    whose process is gone (a run killed before its teardown)."""
+    gone = []
+    for line in sh("ip", "netns", "list", check=False).stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        m = re.fullmatch(rf"{re.escape(prefix)}(\d+)-[\w.-]+", name)
+        if m and int(m[1]) != os.getpid() and not alive(int(m[1])):
+            delete_namespace(name)
+            gone.append(name)
+    for d in Path(tmp).glob(f"{prefix}*-*"):
+        m = re.match(rf"{re.escape(prefix)}(\d+)-", d.name)
+        if m and d.is_dir() and int(m[1]) != os.getpid() and not alive(int(m[1])):
+            shutil.rmtree(d, ignore_errors=True)
+            gone.append(str(d))
+    return gone

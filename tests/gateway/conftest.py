@@ -31,7 +31,7 @@ import pytest
 
 import fastpath
 import ipsp
-from nslib import sh, unavailable, until
+from nslib import delete_namespace, delete_stale, sh, unavailable, until
 
 HERE = pathlib.Path(__file__).resolve().parent
 SHIM = HERE / "shim.py"
@@ -57,16 +57,6 @@ WAN1, WAN2, GW2_OUT_ROUTED, NARROW_MTU = "192.0.2.254", "198.51.100.254", "198.5
 
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _stop(proc: subprocess.Popen, timeout: float = 10) -> int:
     """SIGTERM, then SIGKILL if it does not exit in time: one process, by its pid."""
     try:
@@ -81,34 +71,6 @@ def _stop(proc: subprocess.Popen, timeout: float = 10) -> int:
         for pipe in (proc.stdout, proc.stderr, getattr(proc, "log_file", None)):
             if pipe is not None:
                 pipe.close()
-
-
-def _delete_namespace(name: str) -> None:
-    # whatever still runs inside keeps the namespace alive: stop it first, by pid
-    for pid in sh("ip", "netns", "pids", name, check=False).stdout.split():
-        try:
-            os.kill(int(pid), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
-            pass
-    sh("ip", "netns", "del", name, check=False)
-
-
-def delete_stale(tmp: str = "/tmp") -> list[str]:
-    """Namespaces and directories of earlier runs (ipspgw-<pid>-...) whose pytest process is
-    gone: a run killed before its teardown."""
-    gone = []
-    for line in sh("ip", "netns", "list", check=False).stdout.splitlines():
-        name = line.split()[0] if line.split() else ""
-        m = re.fullmatch(rf"{PREFIX}(\d+)-\w+", name)
-        if m and int(m[1]) != os.getpid() and not _alive(int(m[1])):
-            _delete_namespace(name)
-            gone.append(name)
-    for d in pathlib.Path(tmp).glob(f"{PREFIX}*-*"):
-        m = re.match(rf"{PREFIX}(\d+)-", d.name)
-        if m and d.is_dir() and int(m[1]) != os.getpid() and not _alive(int(m[1])):
-            shutil.rmtree(d, ignore_errors=True)
-            gone.append(str(d))
-    return gone
 
 
 def flatten(doc, prefix: str = "") -> dict:
@@ -471,7 +433,7 @@ class Topology:
                 pass
         self.procs.clear()
         for name in self.ns.values():
-            _delete_namespace(name)
+            delete_namespace(name)
 
     # helpers for tests
     def flush_route_caches(self) -> None:
@@ -606,7 +568,7 @@ def topo():
     reason = unavailable(PREFIX)
     if reason:
         pytest.skip(reason)
-    delete_stale()
+    delete_stale(PREFIX)
     # short (Unix socket paths must fit in 108 bytes), and named after this process
     d = pathlib.Path(tempfile.mkdtemp(dir="/tmp", prefix=f"{PREFIX}{os.getpid()}-"))
     t = Topology(d)

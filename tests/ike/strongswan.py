@@ -74,7 +74,13 @@ def _nslib():
     return sys.modules["nslib"]
 
 
-sh, until = _nslib().sh, _nslib().until
+sh, until, delete_namespace = _nslib().sh, _nslib().until, _nslib().delete_namespace
+
+
+def delete_stale(tmp: str = "/tmp") -> list[str]:
+    """Namespaces (ipspike-<pid>-...) and /tmp/ipspike-<pid>-* directories of earlier runs whose
+    process is gone."""
+    return _nslib().delete_stale(PREFIX, tmp)
 
 
 def available() -> str | None:
@@ -91,44 +97,6 @@ def available() -> str | None:
 
 
 # -- namespaces -------------------------------------------------------------------------------
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _delete_namespace(name: str) -> None:
-    # whatever still runs inside keeps the namespace alive: stop it first, by pid
-    for pid in sh("ip", "netns", "pids", name, check=False).stdout.split():
-        try:
-            os.kill(int(pid), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
-            pass
-    sh("ip", "netns", "del", name, check=False)
-
-
-def delete_stale(tmp: str = "/tmp") -> list[str]:
-    """Namespaces (ipspike-<pid>-...) and /tmp/ipspike-<pid>-* directories of earlier runs whose
-    process is gone."""
-    gone = []
-    for line in sh("ip", "netns", "list", check=False).stdout.splitlines():
-        name = line.split()[0] if line.split() else ""
-        m = re.fullmatch(rf"{PREFIX}(\d+)-[\w.-]+", name)
-        if m and int(m[1]) != os.getpid() and not _alive(int(m[1])):
-            _delete_namespace(name)
-            gone.append(name)
-    for d in Path(tmp).glob(f"{PREFIX}*-*"):
-        m = re.match(rf"{PREFIX}(\d+)-", d.name)
-        if m and d.is_dir() and int(m[1]) != os.getpid() and not _alive(int(m[1])):
-            shutil.rmtree(d, ignore_errors=True)
-            gone.append(str(d))
-    return gone
-
 
 def state_root() -> Path:
     """A fresh directory /tmp/ipspike-<pid>-XXXX for charon state dirs (short: the vici socket
@@ -153,7 +121,7 @@ class Netns:
             raise ValueError(f"namespace {self.name} is in use (another Netns({role!r}) of this process): "
                              "delete() it first or pick another role")
         if self.name in sh("ip", "netns", "list", check=False).stdout.split():
-            _delete_namespace(self.name)       # left over by this process (a Netns not deleted)
+            delete_namespace(self.name)       # left over by this process (a Netns not deleted)
         sh("ip", "netns", "add", self.name)
         _NAMESPACES.append(self)
         self.run("sh", "-c", "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; "
@@ -181,7 +149,7 @@ class Netns:
         return r
 
     def delete(self) -> None:
-        _delete_namespace(self.name)
+        delete_namespace(self.name)
         if self in _NAMESPACES:
             _NAMESPACES.remove(self)
 
@@ -770,6 +738,53 @@ def capture_ike(ns: Netns, iface: str, pcap: str | os.PathLike | None = None):
         sock.close()
         if pcap is not None:
             cap.write_pcap(pcap)
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+def _lines(text: str, indent: str) -> str:
+    return "\n".join(indent + line.strip() for line in text.strip().splitlines() if line.strip())
+
+
+def swanctl_conf(*, local_addrs: str, remote_addrs: str, proposals: str, local: str, remote: str,
+                 local_ts: str, remote_ts: str, esp: str, connection: str = "gw", child: str = "net",
+                 conn_options: str = "", child_options: str = "", secrets: str = "") -> str:
+    """A swanctl.conf with one IKEv2 connection and one child; *local*, *remote* and the
+    options are "key = value" lines (e.g. "auth = psk\nid = @gw.example")."""
+    conn_opts = _lines(conn_options, "        ")
+    child_opts = _lines(child_options, "                ")
+    return f"""\
+connections {{
+    {connection} {{
+        version = 2
+        local_addrs = {local_addrs}
+        remote_addrs = {remote_addrs}
+        proposals = {proposals}
+{conn_opts}
+        local {{
+{_lines(local, "            ")}
+        }}
+        remote {{
+{_lines(remote, "            ")}
+        }}
+        children {{
+            {child} {{
+                local_ts = {local_ts}
+                remote_ts = {remote_ts}
+                esp_proposals = {esp}
+{child_opts}
+            }}
+        }}
+    }}
+}}
+{secrets}
+"""
+
+
+def psk_secret(secret: str, *ids: str, name: str = "ike-psk") -> str:
+    """A swanctl.conf secrets section: one PSK, for *ids* (any identity when none)."""
+    owners = "".join(f"        id-{i} = {ident}\n" for i, ident in enumerate(ids))
+    return f'secrets {{\n    {name} {{\n{owners}        secret = "{secret}"\n    }}\n}}\n'
 
 
 # -- two namespaces, and our IKE sockets in one of them ---------------------------------------

@@ -66,36 +66,13 @@ def topo():
 def swan_conf(*, ike="aes128-sha256-x25519", esp="aes128gcm16", auth="psk", secret=PSK, cert="swan.pem",
               remote_id=OURS_ID) -> str:
     if auth == "psk":
-        local = f"auth = psk\n            id = {SWAN_ID}"
-        remote = f"auth = psk\n            id = {remote_id}"
-        secrets = f'secrets {{\n    ike-psk {{\n        secret = "{secret}"\n    }}\n}}\n'
+        local, remote = f"auth = psk\nid = {SWAN_ID}", f"auth = psk\nid = {remote_id}"
+        secrets = ss.psk_secret(secret)
     else:
-        local = f"auth = pubkey\n            certs = {cert}\n            id = {SWAN_ID}"
-        remote = f"auth = pubkey\n            id = {remote_id}"
+        local, remote = f"auth = pubkey\ncerts = {cert}\nid = {SWAN_ID}", f"auth = pubkey\nid = {remote_id}"
         secrets = ""
-    return f"""\
-connections {{
-    gw {{
-        version = 2
-        local_addrs = {SWAN_OUT}
-        remote_addrs = {OURS_OUT}
-        proposals = {ike}
-        local {{
-            {local}
-        }}
-        remote {{
-            {remote}
-        }}
-        children {{
-            net {{
-                local_ts = {SWAN_IN}/32
-                remote_ts = {OURS_IN}/32
-                esp_proposals = {esp}
-            }}
-        }}
-    }}
-}}
-{secrets}"""
+    return ss.swanctl_conf(local_addrs=SWAN_OUT, remote_addrs=OURS_OUT, proposals=ike, local=local, remote=remote,
+                           local_ts=f"{SWAN_IN}/32", remote_ts=f"{OURS_IN}/32", esp=esp, secrets=secrets)
 
 
 def _toml(v) -> str:

@@ -118,40 +118,11 @@ class Ours:
 
 
 def swanctl_conf(ike_proposal: str, esp_proposal: str) -> str:
-    return f"""\
-connections {{
-    gw {{
-        version = 2
-        local_addrs = {SWAN}
-        remote_addrs = {OURS}
-        proposals = {ike_proposal}
-        rekey_time = 0
-        local {{
-            auth = psk
-            id = @swan.ipsp.test
-        }}
-        remote {{
-            auth = psk
-            id = @ours.ipsp.test
-        }}
-        children {{
-            net {{
-                local_ts = {SWAN_IN}/32
-                remote_ts = {OURS_IN}/32
-                esp_proposals = {esp_proposal}
-                rekey_time = 0
-            }}
-        }}
-    }}
-}}
-secrets {{
-    ike-kx {{
-        id-swan = @swan.ipsp.test
-        id-ours = @ours.ipsp.test
-        secret = "{PSK}"
-    }}
-}}
-"""
+    return ss.swanctl_conf(local_addrs=SWAN, remote_addrs=OURS, proposals=ike_proposal,
+                           local="auth = psk\nid = @swan.ipsp.test", remote="auth = psk\nid = @ours.ipsp.test",
+                           local_ts=f"{SWAN_IN}/32", remote_ts=f"{OURS_IN}/32", esp=esp_proposal,
+                           conn_options="rekey_time = 0", child_options="rekey_time = 0",
+                           secrets=ss.psk_secret(PSK, "@swan.ipsp.test", "@ours.ipsp.test", name="ike-kx"))
 
 
 # -- comparisons (ours vs charon's log) ---------------------------------------------------------

@@ -72,34 +72,12 @@ def charons(topo):
 
 def swanctl_conf(me: str, peer: str, mine: str, theirs: str, *, local: str, remote: str, secrets: str = "",
                  esp: str = "aes128gcm16") -> str:
-    return f"""\
-connections {{
-    gw {{
-        version = 2
-        local_addrs = {me}
-        remote_addrs = {peer}
-        proposals = aes128-sha256-x25519
-        local {{
-            {local}
-        }}
-        remote {{
-            {remote}
-        }}
-        children {{
-            net {{
-                local_ts = {mine}/32
-                remote_ts = {theirs}/32
-                esp_proposals = {esp}
-            }}
-        }}
-    }}
-}}
-{secrets}
-"""
+    return ss.swanctl_conf(local_addrs=me, remote_addrs=peer, proposals="aes128-sha256-x25519", local=local,
+                           remote=remote, local_ts=f"{mine}/32", remote_ts=f"{theirs}/32", esp=esp, secrets=secrets)
 
 
 def psk_confs() -> tuple[str, str]:
-    secrets = f'secrets {{\n    ike-psk {{\n        secret = "{PSK}"\n    }}\n}}'
+    secrets = ss.psk_secret(PSK)
     left = swanctl_conf(LEFT_OUT, RIGHT_OUT, LEFT_IN, RIGHT_IN, local=f"auth = psk\n id = {LEFT_OUT}",
                         remote=f"auth = psk\n id = {RIGHT_OUT}", secrets=secrets)
     right = swanctl_conf(RIGHT_OUT, LEFT_OUT, RIGHT_IN, LEFT_IN, local=f"auth = psk\n id = {RIGHT_OUT}",
