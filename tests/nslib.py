@@ -34,6 +34,20 @@ def until(predicate, timeout: float, what: str, interval: float = 0.02):
         time.sleep(interval)
 
 
+def wait_text(read, regex: str, timeout: float, start: int, what: str) -> re.Match:
+    """The first match of *regex* (re.M) in read() from character offset *start*, polled (a
+    log file that grows); AssertionError naming *what* on timeout."""
+    pattern = re.compile(regex, re.M)
+    deadline = time.monotonic() + timeout
+    while True:
+        m = pattern.search(read(), start)
+        if m:
+            return m
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{regex!r} not in {what} within {timeout:g} s")
+        time.sleep(0.02)
+
+
 def unavailable(prefix: str) -> str | None:
     """None when this process can make network namespaces with veth links and TUN devices
     (tried with a probe namespace named from *prefix*), else the reason to skip."""

@@ -422,15 +422,10 @@ charon {{
     def wait_log(self, regex: str, timeout: float = 10, start: int = 0) -> re.Match:
         """The first match of *regex* (re.M) in the log from character offset *start* (e.g.
         ``len(c.log_text())`` taken before an action); polls. Raises CharonError on timeout."""
-        pattern = re.compile(regex, re.M)
-        deadline = time.monotonic() + timeout
-        while True:
-            m = pattern.search(self.log_text(), start)
-            if m:
-                return m
-            if time.monotonic() > deadline:
-                raise CharonError(f"{regex!r} not in {self.log} within {timeout:g} s\n{self.tail()}")
-            time.sleep(0.02)
+        try:
+            return _nslib().wait_text(self.log_text, regex, timeout, start, str(self.log))
+        except AssertionError as exc:
+            raise CharonError(f"{exc}\n{self.tail()}") from None
 
     def keys(self) -> list[dict]:
         """The key material of the log (see parse_keys); IKE records without SPIs (made by an
@@ -455,6 +450,16 @@ def parse_vici_raw(text: str) -> dict:
     tokens = re.findall(r"\{|\}|\[|\]|[^\s{}\[\]=]+=|[^\s{}\[\]]+", text)
     pos = 0
 
+    def items() -> list:
+        nonlocal pos
+        pos += 1
+        out = []
+        while tokens[pos] != "]":
+            out.append(tokens[pos])
+            pos += 1
+        pos += 1
+        return out
+
     def section() -> dict:
         nonlocal pos
         assert tokens[pos] == "{", tokens[pos:pos + 5]
@@ -462,34 +467,20 @@ def parse_vici_raw(text: str) -> dict:
         out: dict = {}
         while tokens[pos] != "}":
             tok = tokens[pos]
+            pos += 1
             if tok.endswith("="):                       # key=value or key=[list]
                 key = tok[:-1]
-                pos += 1
                 if tokens[pos] == "[":
-                    pos += 1
-                    items = []
-                    while tokens[pos] != "]":
-                        items.append(tokens[pos])
-                        pos += 1
-                    pos += 1
-                    out[key] = items
+                    out[key] = items()
                 elif tokens[pos] in ("}", "{"):         # empty value
                     out[key] = ""
                 else:
                     out[key] = tokens[pos]
                     pos += 1
-            else:                                       # key {section}  or  key [list]
-                pos += 1
-                if tokens[pos] == "[":
-                    pos += 1
-                    items = []
-                    while tokens[pos] != "]":
-                        items.append(tokens[pos])
-                        pos += 1
-                    pos += 1
-                    out[tok] = items
-                else:
-                    out[tok] = section()
+            elif tokens[pos] == "[":                    # key [list]
+                out[tok] = items()
+            else:                                       # key {section}
+                out[tok] = section()
         pos += 1
         return out
 

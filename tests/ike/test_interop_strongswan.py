@@ -31,7 +31,7 @@ import fastpath
 import ipsp
 import ike_pki
 import strongswan as ss
-from nslib import until
+from nslib import until, wait_text
 
 pytestmark = pytest.mark.netns
 
@@ -143,15 +143,10 @@ class Gateway:
             return ""
 
     def wait_log(self, regex: str, timeout: float = 10, start: int = 0) -> re.Match:
-        pattern = re.compile(regex, re.M)
-        deadline = time.monotonic() + timeout
-        while True:
-            m = pattern.search(self.log(), start)
-            if m:
-                return m
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{regex!r} not in our gateway's log within {timeout:g} s:\n{self.tail()}")
-            time.sleep(0.05)
+        try:
+            return wait_text(self.log, regex, timeout, start, "our gateway's log")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}:\n{self.tail()}") from None
 
     def tail(self, n: int = 40) -> str:
         return f"--- {self.logfile} (last {n} lines):\n" + "\n".join(self.log().splitlines()[-n:])
