@@ -51,7 +51,7 @@ ENGINE_INIT_MUTANTS = 30_000
 
 # every datagram ends in exactly one of these (or creates one half-open IKE SA)
 OUTCOMES = ("malformed", "integrity_failed", "unknown_spi", "unexpected", "responses_resent", "cookies_sent",
-            "cookies_refused", "no_proposal", "invalid_ke", "fragments_dropped")
+            "cookies_refused", "no_proposal", "invalid_ke", "fragments_received")
 
 
 # -- recording ------------------------------------------------------------------------------------

@@ -255,6 +255,10 @@ def test_second_connection_to_a_peer_is_a_child_of_the_same_ike_sa():
     keys_agree(p)
     out = {(str(x.selector.src), str(x.selector.dst), x.reqid) for x in p.b.km.spd.policies(Direction.OUT)}
     assert out == {("10.2.0.0/16", "10.1.0.0/16", 7), ("10.12.0.0/16", "10.11.0.0/16", 8)}
+    p.a.ike.terminate("voice")                             # its Child SA only: the IKE SA carries another
+    p.run()
+    sa_a, sa_b = established(p)
+    assert [c.conn.name for c in sa_a.children] == ["a-to-b"] and len(sa_b.children) == 1
 
 
 def test_children_of_one_responder_connection_get_their_own_reqids():
@@ -270,9 +274,12 @@ def test_children_of_one_responder_connection_get_their_own_reqids():
     assert len({c.reqid for c in p.b.ike.children()}) == 2
     assert all(sa.state is SAStateName.MATURE for sa in p.b.km.sad) and len(list(p.b.km.sad)) == 4
     keys_agree(p)
-    p.a.ike.terminate("a-to-b")
+    p.a.ike.terminate("a-to-b")                            # one Child SA: the other keeps the IKE SA
     p.run()
-    assert not list(p.b.km.sad) and not p.b.km.spd.policies(Direction.OUT)
+    assert len(p.b.ike.children()) == 1 and len(list(p.b.km.sad)) == 2
+    p.a.ike.terminate("second")                            # the last one: the IKE SA goes too
+    p.run()
+    assert not p.b.ike.sas and not list(p.b.km.sad) and not p.b.km.spd.policies(Direction.OUT)
 
 
 # -- certificates (RFC 7296 2.15, RFC 7427) ----------------------------------------------------------

@@ -338,8 +338,8 @@ class Ike:
             "received", "sent", "malformed", "integrity_failed", "unknown_spi", "unexpected", "retransmits",
             "responses_resent", "cookies_sent", "cookies_refused", "no_proposal", "invalid_ke", "auth_failed",
             "ts_unacceptable", "ike_established", "ike_rekeyed", "ike_deleted", "child_installed",
-            "child_rekeyed", "child_deleted", "dead_peers", "temporary_failures", "fragments_dropped",
-            "half_open_created", "fragments_received"), 0)
+            "child_rekeyed", "child_deleted", "dead_peers", "temporary_failures", "half_open_created",
+            "fragments_received"), 0)
         self._cookie_secrets = [(0, os.urandom(32))]
         self._cookie_rotated = clock()
         self._policies: dict[tuple, tuple[list[Policy], int]] = {}
@@ -413,9 +413,19 @@ class Ike:
                     return
 
     def terminate(self, name: str) -> None:
+        """Delete the connection's Child SAs; its IKE SA too unless other connections' Child
+        SAs live on it."""
         for sa in list(self.sas.values()):
-            if sa.conn is not None and sa.conn.name == name and sa.state == "established":
+            if sa.state != "established" or sa.conn is None:
+                continue
+            mine = [c for c in sa.children if c.conn.name == name]
+            if sa.conn.name != name and not mine:
+                continue
+            if all(c.conn.name == name for c in sa.children):
                 self.delete_ike(sa)
+            else:
+                for child in mine:
+                    self.delete_child(child)
 
     def rekey(self, name: str, *, ike: bool = False) -> int:
         """Rekey the connection's Child SAs (or its IKE SA); returns how many rekeys started."""
