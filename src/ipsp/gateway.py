@@ -563,7 +563,8 @@ class GatewayControl(ControlServer):
         return out
 
     def _prometheus(self, params: dict) -> str:
-        return super()._prometheus(params) + self.gateway.prometheus()
+        text = super()._prometheus(params) + self.gateway.prometheus()
+        return text + (self.gateway.ike.prometheus() if self.gateway.ike is not None else "")
 
     def _ike(self, params: dict) -> Any:
         """``ipsp ike``: status, or initiate / terminate / rekey a connection."""

@@ -64,6 +64,9 @@ def test_two_daemons_on_loopback():
         assert a.call(a.ike.rekey, "c") == 1
         time.sleep(0.5)
         assert a.status()["counters"]["child_rekeyed"] == 1
+        text = a.prometheus()
+        assert 'ipsp_ike_sas{state="established"} 1' in text and "ipsp_ike_child_sas 1" in text
+        assert 'ipsp_ike_messages_total{kind="child_rekeyed"} 1' in text
     finally:
         a.stop()
         time.sleep(0.3)

@@ -495,12 +495,9 @@ class Ike:
         sa.state = "deleting"
         why = "rekeyed" if rekeyed else "deleted"
         sa.queue.clear()
+        # after the request in flight, if any (window size 1: the peer takes message IDs in order)
         sa.request(ExchangeType.INFORMATIONAL, (Delete(ProtocolId.IKE, 0),),
                    lambda p: self._destroy(sa, why), lambda reason: self._destroy(sa, why))
-        # a Delete waits for nothing else: it goes now even if another request is in flight
-        if sa.pending is not None and sa.pending.exchange != ExchangeType.INFORMATIONAL:
-            sa.pending = None
-            sa.flush()
 
     def delete_child(self, child: ChildSA) -> None:
         ike = self._owner(child)

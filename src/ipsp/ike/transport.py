@@ -195,6 +195,20 @@ class IkeDaemon:
         if self.loop is not None and self.loop.is_running():
             self.loop.call_soon_threadsafe(self.ike.expired, event.sa.spi, event.sa.direction, event.hard)
 
+    def prometheus(self) -> str:
+        st = self.status()
+        states: dict[str, int] = {}
+        for sa in st["ike_sas"]:
+            states[sa["state"]] = states.get(sa["state"], 0) + 1
+        lines = ["# HELP ipsp_ike_messages_total IKE messages and their outcomes, by kind.",
+                 "# TYPE ipsp_ike_messages_total counter"]
+        lines += [f'ipsp_ike_messages_total{{kind="{k}"}} {v}' for k, v in st["counters"].items()]
+        lines += ["# HELP ipsp_ike_sas IKE SAs by state.", "# TYPE ipsp_ike_sas gauge"]
+        lines += [f'ipsp_ike_sas{{state="{k}"}} {v}' for k, v in sorted(states.items())]
+        lines += ["# HELP ipsp_ike_child_sas Child SAs of the IKE SAs.", "# TYPE ipsp_ike_child_sas gauge",
+                  f"ipsp_ike_child_sas {sum(len(sa['children']) for sa in st['ike_sas'])}"]
+        return "\n".join(lines) + "\n"
+
     def status(self) -> dict:
         """IKE SAs, Child SAs and counters, for `ipsp stats` (no keys)."""
         def snapshot() -> dict:
