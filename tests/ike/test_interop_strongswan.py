@@ -23,6 +23,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -517,6 +518,39 @@ def test_rekey_no_loss(run, topo, what, initiator):
         assert kid1["spi-in"] == kid0["spi-in"]        # the CHILD_SA moves to the new IKE_SA unchanged
     # both agree on the current CHILD_SA
     assert (live[0]["spi_in"], live[0]["spi_out"]) == (kid1["spi-out"], kid1["spi-in"])
+    ping_both(topo, count=2)
+
+
+@pytest.mark.parametrize("what", ["child", "ike"])
+def test_simultaneous_rekeys(run, topo, what):
+    """Both ends have a rekey of the same SA outstanding at once: the link is down while both
+    requests leave, so both are lost and retransmitted. Whichever lands first wins (charon
+    answers ours although its own is pending, RFC 7296 2.8.1; we answer a rekey of an SA we
+    are rekeying with TEMPORARY_FAILURE, or CHILD_SA_NOT_FOUND once ours replaced it). The
+    tunnel ends with one IKE SA and one Child SA both sides agree on. (Requests crossing on
+    the wire within the round-trip time are covered in memory: test_ikesa.py.)"""
+    ch, gw = up(run, initiator=True, extra_conf=FAST_CLEANUP)
+    ike0, kid0 = established_child(ch)
+    mark = len(ch.log_text())
+    topo.ours.ip("link", "set", topo.ours_if, "down")
+    try:
+        _rekey(ch, gw, f"ours-{what}")
+        _rekey(ch, gw, f"swan-{what}")
+        ch.wait_log(r"sending packet: .* to 192\.0\.2\.1\[4500\]", start=mark)
+    finally:
+        topo.ours.ip("link", "set", topo.ours_if, "up")
+    ch.wait_log(r"parsed CREATE_CHILD_SA request", timeout=15, start=mark)        # ours, retransmitted
+    ike1, kid1 = until(lambda: exactly_one(ch), 20, "charon to end with one IKE_SA and one CHILD_SA")
+    ours = until(lambda: [sa for sa in gw.status()["ike_sas"] if sa["state"] == "established"
+                          and len(sa["children"]) == 1], 20, "our one IKE SA with one Child SA")
+    assert len(gw.status()["ike_sas"]) == 1, gw.status()
+    (sa,) = ours
+    assert (sa["spi_i"], sa["spi_r"]) == (ike1["initiator-spi"], ike1["responder-spi"])
+    assert (sa["children"][0]["spi_in"], sa["children"][0]["spi_out"]) == (kid1["spi-out"], kid1["spi-in"])
+    if what == "child":
+        assert kid1["spi-in"] != kid0["spi-in"]
+    else:
+        assert ike1["initiator-spi"] != ike0["initiator-spi"]
     ping_both(topo, count=2)
 
 
