@@ -114,6 +114,7 @@ class Engine:
         self._last_mapping: dict[int, tuple] = {}
         self._logged: dict[tuple, int] = {}
         self._last_log = self.clock()
+        self._listen_udp: frozenset[int] = frozenset()
         self._config_sas: dict[Any, SecurityAssociation] = {}
         self._config_policies: list[Policy] = []
         self.config = None
@@ -193,7 +194,7 @@ class Engine:
                     # key's IPv6 traffic never meets and vice versa is not enough)
                     rules = [(4, bytes(4), 32, bytes(4), 32, 255, 1, 0, 1, 0)]
                 rows.append((sa.kernel, sa.direction == "in", rules, hard.packets, hard.bytes, peer))
-            tables = EngineTables(outbound, inbound, rows, spis, sorted(ports) or [4500],
+            tables = EngineTables(outbound, inbound, rows, spis, sorted(ports | self._listen_udp) or [4500],
                                   _Context(out_policies, sas))
             # counters of SAs leaving the tables are kept in the totals
             current = {id(sa): sa for sa in sas}
@@ -203,6 +204,13 @@ class Engine:
                         self._retired[direction].update({k: v for k, v in counts.items() if v})
             self._in_tables = current
             self._core.load(tables)
+
+    def listen_udp(self, *ports: int) -> None:
+        """UDP ports ESP-in-UDP arrives on besides those of the installed SAs (a gateway's own
+        port): their IKE (the non-ESP marker) is BYPASS even before the first SA exists."""
+        with self._lock:
+            self._listen_udp = frozenset(ports)
+            self._rebuild()
 
     def slot_sas(self) -> tuple[SecurityAssociation, ...]:
         """The SAs of the tables batches run on now, by slot: what ``slots=`` of outbound and

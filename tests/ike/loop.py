@@ -95,5 +95,5 @@ class Pair:
             self.run()
 
     def connect(self) -> None:
-        self.a.ike.initiate(self.a.ike.connections and next(iter(self.a.ike.connections)))
+        self.a.ike.initiate(next(iter(self.a.ike.connections)))
         self.run()

@@ -219,6 +219,21 @@ def test_keepalives_fragments_and_ike_on_4500():
     assert b.statuses() == ["NAT_KEEPALIVE", "BYPASS", "FRAGMENT", "NO_POLICY"]
 
 
+def test_ike_on_a_listened_port_before_any_sa():
+    """A gateway on UDP 14500 with no SA yet: its port is an ESP-in-UDP port only once the
+    engine is told (listen_udp); until then IKE there is clear traffic for the SPD."""
+    gw = Engine(clock=Clock())
+    ike = udp("198.51.100.7", "192.0.2.2", 1, sport=14500, dport=14500, size=60)
+    ike = ike[:28] + bytes(4) + ike[32:]
+    b = Batch([ike])
+    gw.inbound(b.buf, b.off, b.lens, b.status)
+    assert b.statuses() == ["NO_POLICY"]
+    gw.listen_udp(14500)
+    b = Batch([ike])
+    gw.inbound(b.buf, b.off, b.lens, b.status)
+    assert b.statuses() == ["BYPASS"]
+
+
 def test_hard_packet_limit_stops_the_sa_within_the_batch():
     clock = Clock()
     gw1, _ = pair(clock)

@@ -94,6 +94,10 @@ def _nat_hash(spi_i: bytes, spi_r: bytes, addr: str, port: int) -> bytes:
     return h.finalize()
 
 
+def _notify_name(notify_type: int) -> str:
+    return NotifyType(notify_type).name if notify_type in NotifyType._value2member_map_ else str(notify_type)
+
+
 def _notifies(payloads: Iterable[Payload]) -> dict[int, Notify]:
     return {p.notify_type: p for p in payloads if isinstance(p, Notify)}
 
@@ -221,7 +225,8 @@ class IkeSA:
         now = ike.clock()
         self.created = self.last_heard = now
         self.rekey_at: float | None = None
-        self.retry_at: dict[str, float] = {}  # delayed retries after TEMPORARY_FAILURE
+        # delayed retries after TEMPORARY_FAILURE: None for this IKE SA's rekey, else the Child SA
+        self.retry_at: dict[ChildSA | None, float] = {}
         self.rekeying = False
         self.sent_initial_contact = False
 
@@ -468,7 +473,7 @@ class Ike:
             n = _notifies(payloads)
             err = next((t for t in n if t <= _ERROR_MAX), None)
             if err is not None:
-                self._retry_later(sa, "rekey_ike", err)
+                self._retry_later(sa, None, err)
                 return
             try:
                 reply = _one(payloads, SA)
@@ -552,18 +557,16 @@ class Ike:
             for what, at in list(sa.retry_at.items()):
                 if now >= at:
                     del sa.retry_at[what]
-                    if what == "rekey_ike":
+                    if what is None:
                         self.rekey_ike(sa)
-                    else:
-                        child = next((c for c in sa.children if str(c.spi_in) == what), None)
-                        if child is not None:
-                            child.state = "installed"
-                            self.rekey_child(child)
-            if sa.rekey_at is not None and now >= sa.rekey_at and not sa.rekeying and "rekey_ike" not in sa.retry_at:
+                    elif what in sa.children:
+                        what.state = "installed"
+                        self.rekey_child(what)
+            if sa.rekey_at is not None and now >= sa.rekey_at and not sa.rekeying and None not in sa.retry_at:
                 sa.rekey_at = None
                 self.rekey_ike(sa)
             for child in list(sa.children):
-                if child.state == "installed" and now >= child.rekey_at and str(child.spi_in) not in sa.retry_at:
+                if child.state == "installed" and now >= child.rekey_at:
                     self.rekey_child(child)
                 if child.out_pending is not None and now - child.out_pending_since > 10:
                     self._install_out(child)      # the Delete of the old SA never came
@@ -848,7 +851,7 @@ class Ike:
             return
         err = next((t for t in n if t <= _ERROR_MAX), None)
         if err is not None:
-            self._fail(sa, f"IKE_SA_INIT refused: {NotifyType(err).name if err in NotifyType._value2member_map_ else err}")
+            self._fail(sa, f"IKE_SA_INIT refused: {_notify_name(err)}")
             return
         try:
             reply, ke, nr = _one(p, SA), _one(p, KE), _one(p, Nonce)
@@ -1084,7 +1087,7 @@ class Ike:
             n = _notifies(reply)
             err = next((t for t in n if t <= _ERROR_MAX), None)
             if err == NotifyType.TEMPORARY_FAILURE and rekey is not None:
-                self._retry_later(sa, str(rekey.spi_in), err)
+                self._retry_later(sa, rekey, err)
                 return
             if rekey is not None and err is not None:
                 rekey.state = "installed"
@@ -1097,11 +1100,11 @@ class Ike:
 
         sa.request(ExchangeType.CREATE_CHILD_SA, payloads, done, failed)
 
-    def _retry_later(self, sa: IkeSA, what: str, err: int) -> None:
+    def _retry_later(self, sa: IkeSA, what: ChildSA | None, err: int) -> None:
         self.stats["temporary_failures"] += 1
         delay = self.rng.uniform(1.0, 3.0)
-        log.info("%r: %s refused (%s): retrying in %.1f s", sa, "IKE rekey" if what == "rekey_ike" else "Child rekey",
-                 NotifyType(err).name if err in NotifyType._value2member_map_ else err, delay)
+        log.info("%r: %s refused (%s): retrying in %.1f s", sa, "IKE rekey" if what is None else "Child rekey",
+                 _notify_name(err), delay)
         sa.retry_at[what] = self.clock() + delay
 
     def _child_response(self, sa: IkeSA, conn: Connection, reply: tuple[Payload, ...], spi_in: int, ni: bytes,
@@ -1110,7 +1113,7 @@ class Ike:
         n = _notifies(reply)
         err = next((t for t in n if t <= _ERROR_MAX), None)
         if err is not None:
-            name = NotifyType(err).name if err in NotifyType._value2member_map_ else str(err)
+            name = _notify_name(err)
             self.stats["ts_unacceptable" if err == NotifyType.TS_UNACCEPTABLE else "no_proposal"] += 1
             log.warning("%s: Child SA refused by the peer: %s", conn.name, name)
             return

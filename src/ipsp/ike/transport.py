@@ -113,8 +113,7 @@ class IkeDaemon:
             ports.append((self.settings.nat_port, True))
         for port, marker in ports:
             transport, _ = await self.loop.create_datagram_endpoint(
-                lambda port=port, marker=marker: _Endpoint(self, port, marker), local_addr=(self.local, port),
-                reuse_port=False)
+                lambda port=port, marker=marker: _Endpoint(self, port, marker), local_addr=(self.local, port))
             self._transports[port] = transport
         self.ike.start()
 
