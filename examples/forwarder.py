@@ -8,7 +8,12 @@ decrypts them and checks they are what A's hosts sent. Where `ipsp gateway` read
 device and writes one, this script makes up the packets and prints them: the engine calls
 and the arena are the same (src/ipsp/gateway.py, Gateway.send and Gateway.deliver).
 
-Runs without root:   PYTHONPATH=src python examples/forwarder.py
+Runs without root, from the top of the source tree with ipsp installed (pip install .):
+
+    python examples/forwarder.py
+
+or, without installing, after `python setup.py build_ext --inplace`:
+`PYTHONPATH=src python examples/forwarder.py` (docs/embedding.md).
 """
 
 import socket

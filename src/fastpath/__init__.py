@@ -15,10 +15,15 @@ try:
     from fastpath.replay import ReplayWindow
     from fastpath.sa import SAState, TUNNEL, TRANSPORT, IP, ESP, DF_COPY_INNER, DF_ALWAYS, DF_NEVER
     from fastpath.batch import PacketBatch
-except ImportError as exc:  # pragma: no cover - exercised only by broken installs
+except ImportError as exc:
+    # ipsp is not on any package index: the cure is a build from the source tree. The most
+    # common cause is PYTHONPATH=src over a tree whose extensions were never built in place,
+    # which shadows an installed copy, so the message names the directory imported from.
     raise ImportError(
-        "fastpath's compiled extensions are missing or failed to load; reinstall ipsp "
-        f"(pip install ipsp) on a machine with OpenSSL 3: {exc}") from exc
+        f"fastpath's compiled extensions are missing or failed to load from "
+        f"{_os.path.dirname(__file__)} ({exc}); build them from the ipsp source tree, with "
+        "OpenSSL 3 headers installed: 'pip install .' there (and run without PYTHONPATH=src), "
+        "or 'python setup.py build_ext --inplace' to use src/ in place") from exc
 
 try:
     # the multi-buffer backend registers itself with fastpath.crypto when it is importable
