@@ -1,17 +1,20 @@
 # cython: language_level=3
+# fastpath's headers call libcrypto (and use its low-level digests, deprecated in OpenSSL 3):
+# distutils: libraries = crypto
+# distutils: define_macros = OPENSSL_SUPPRESS_DEPRECATED=1
 """The Cython level of a forwarder: the kernel's burst calls without Python in between.
 
 A forwarder written in Cython cimports the SA type and calls its batch kernel with the GIL
 released, over the same arena layout as the Python API (the README's batch contract). This
 one carries a burst through a tunnel: one SA encapsulates every packet in place, the peer SA
 decapsulates the ones that came out OK. Build it against the fastpath that `import fastpath`
-finds (its .pxd files on sys.path, its C headers in fastpath.get_include()):
+finds (its .pxd files on sys.path, its C headers in fastpath.get_include(); the library and
+the macro come from the distutils comments above):
 
-    CFLAGS="-I$(python -c 'import fastpath; print(fastpath.get_include())') -DOPENSSL_SUPPRESS_DEPRECATED" \
-        cythonize -i examples/cforward.pyx
+    CFLAGS="-I$(python -c 'import fastpath; print(fastpath.get_include())')" cythonize -i examples/cforward.pyx
 
-(or an Extension with include_dirs=[fastpath.get_include()] and the same macro; see
-docs/embedding.md); tests/fastpath/test_cimport.py builds and runs it.
+(or an Extension with include_dirs=[fastpath.get_include()]; see docs/embedding.md);
+tests/fastpath/test_cimport.py builds and runs it.
 """
 
 from libc.stdint cimport uint8_t, uint32_t, int64_t
