@@ -42,6 +42,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 import tomllib
 from dataclasses import dataclass
@@ -83,7 +84,7 @@ enc_key = "0x000102030405060708090a0b0c0d0e0f"
 auth_key = "0x101112131415161718191a1b1c1d1e1f101112131415161718191a1b1c1d1e1f"
 """
 EXTRA_SETUP = {
-    "README.md": f"ipsp trace gen imix plain.pcap --packets {PACKETS}\ncat > sa.toml <<'EOF'\n{README_SA}EOF\n",
+    "README.md": f"ipsp trace gen imix plain.pcap --packets {PACKETS}\ncat > sa.toml <<'EOF'\n{README_SA}EOF\nchmod 600 sa.toml\n",
 }
 
 MARKER = re.compile(r"<!--\s*doc-test:\s*([\w-]+)\s*(.*?)\s*-->")
@@ -146,11 +147,12 @@ def _environment(bin_dir: Path) -> dict[str, str]:
     fastpath this test imported (the installed package in CI, src/ in a source tree)."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     paths = [os.path.dirname(os.path.dirname(m.__file__)) for m in (ipsp, fastpath)]
-    installed = None
+    installed = None                    # the console script, when it runs the ipsp imported here
     try:
         dist = importlib.metadata.distribution("ipsp")
         if Path(dist.locate_file("ipsp")).resolve() == Path(ipsp.__file__).parent.resolve():
-            installed = shutil.which("ipsp")
+            script = Path(sysconfig.get_path("scripts")) / "ipsp"
+            installed = str(script) if script.is_file() else shutil.which("ipsp")
     except importlib.metadata.PackageNotFoundError:
         pass
     python = shlex.quote(sys.executable)
@@ -319,7 +321,9 @@ def check_toml(shell: Shell, block: Block) -> list[str]:
         return []
     first = block.text.splitlines()[0] if block.text.strip() else ""
     name = first[2:].strip() if re.fullmatch(r"# [\w.-]+\.toml", first) else f".doc-test-{block.line}.toml"
-    (shell.cwd / name).write_text(shell.map(block.text))
+    path = shell.cwd / name
+    path.write_text(shell.map(block.text))
+    path.chmod(0o600)                   # as a reader keeps a file that may hold keys (cli.md's setup)
     proc = shell.run(f"ipsp config check {shlex.quote(name)}", strict=False)
     if block.kind == "invalid":
         lines = proc.stderr.splitlines()
