@@ -276,7 +276,8 @@ def test_sa_add_inline_and_file_is_all_or_nothing(engine):
 
 def test_stats_prometheus_and_events(engine):
     stats = json.loads(ok("stats", "--socket", engine.socket, "--json"))
-    assert set(stats) == {"totals", "sas"} and len(stats["sas"]) == 2
+    assert set(stats) == {"totals", "sas", "control"} and len(stats["sas"]) == 2
+    assert stats["control"]["accepted"] >= 1 and stats["control"]["refused_over_limit"] == 0
     assert ok("stats", "--socket", engine.socket).splitlines()[0].split() == ["OUTCOME", "IN", "OUT"]
     prom = ok("stats", "--socket", engine.socket, "--prometheus")
     assert 'ipsp_sas{state="mature"} 2' in prom and "# TYPE ipsp_packets_total counter" in prom
