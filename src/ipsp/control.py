@@ -351,7 +351,7 @@ class ControlServer:
         dst = _address(_param(params, "dst", str), "dst")
         direction = _param(params, "direction", str)
         if direction not in ("in", "out"):
-            raise ConfigError(f"parameter 'direction' must be 'in' or 'out', got {direction!r}")
+            raise ConfigError(f"parameter 'direction' must be 'in' or 'out', got {_shown(direction)}")
         source = _param(params, "group_source", str, None)
         self.engine.km.del_sa(spi, dst, direction,
                               group_source=None if source is None else _address(source, "group_source"))
@@ -397,7 +397,12 @@ class ControlServer:
     def _reload(self, params: dict) -> dict:
         _only(params, "path")
         # a client waits for its own reload, never behind another's: one worker at most
-        return self.reload(_param(params, "path", str, None), wait=False)
+        path = _param(params, "path", str, None)
+        if path is not None and not path:
+            raise ConfigError("parameter 'path' is empty (leave it out for the engine's own file)")
+        if path is not None and (len(path.encode("utf-8", "surrogateescape")) > 4096 or not path.isprintable()):
+            raise ConfigError("parameter 'path' must be a printable file name of at most 4096 bytes")
+        return self.reload(path, wait=False)
 
     def reload(self, path: str | None = None, *, wait: bool = True) -> dict:
         """Apply the configuration file at *path* (default: the server's); all or nothing:
@@ -434,9 +439,10 @@ class ControlServer:
 
 
 def _where(path) -> str | None:
-    """A path fit for a message (one with a NUL or a newline would garble the log line)."""
+    """A path fit for a message: not one with a NUL or a newline (it would garble the log
+    line), nor one that holds a long hex run (a key typed where a file name goes)."""
     text = os.fspath(path)
-    return text if text.isprintable() else None
+    return text if text.isprintable() and not _HEXRUN.search(text) else None
 
 
 def _failure(exc: BaseException, doing: str) -> str:
@@ -460,7 +466,9 @@ def load_safely(path) -> Config:
     whatever a new file holds, and the message says what is wrong without quoting values."""
     try:
         return load_config(path)
-    except ConfigError:
+    except ConfigError as exc:
+        if exc.path is not None and _where(exc.path) is None:
+            raise ConfigError(exc.message, key=exc.key) from None
         raise
     except Exception as exc:
         raise ConfigError(_failure(exc, "loading"), path=_where(path)) from None
