@@ -327,3 +327,20 @@ def test_sighup_and_reload_with_hostile_files_keep_the_running_configuration():
         text = logfile.read_text()
         assert KEY_OUT not in text and KEY_IN not in text and "keys wiped" in text
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_an_engine_started_on_a_hostile_file_exits_1_with_one_line():
+    d = short_dir()
+    try:
+        for name, make, says in bad_files(d):
+            config = d / f"{name}.toml"
+            config.write_text(CONFIG)
+            make(config)
+            r = subprocess.run([sys.executable, "-m", "ipsp", "engine", "--config", config, "--socket", d / "s.sock"],
+                               capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": SRC})
+            assert r.returncode == 1, (name, r.stderr[-2000:])
+            assert len(r.stderr.strip().splitlines()) == 1 and says in r.stderr, (name, r.stderr[-2000:])
+            if config.is_dir():
+                config.rmdir()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
