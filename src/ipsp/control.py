@@ -24,8 +24,8 @@ import json
 import logging
 import os
 import queue
-import resource
 import re
+import resource
 import selectors
 import signal
 import socket
@@ -347,7 +347,7 @@ class ControlServer:
 
     def _sa_del(self, params: dict) -> dict:
         _only(params, "spi", "dst", "direction", "group_source")
-        spi = _param(params, "spi", int, spi=True)
+        spi = _param(params, "spi", int, spi=True, hi=0xFFFFFFFF)
         dst = _address(_param(params, "dst", str), "dst")
         direction = _param(params, "direction", str)
         if direction not in ("in", "out"):
