@@ -732,3 +732,42 @@ def test_client_retries_while_the_listen_queue_is_full(short_dir):
         listener.close()
         for s in fillers:
             s.close()
+
+
+def test_an_abandoned_apply_changes_nothing(server, short_dir):
+    """Engine.apply_config told to stop part-way (SIGTERM during a reload) installs nothing."""
+    from ipsp.config import load_config
+
+    engine = server.engine
+    before = (sorted((s["direction"], s["spi"]) for s in engine.sa_list()), [p.id for p in engine.policy_list()])
+    path = short_dir / "many.toml"
+    path.write_text(CONFIG.replace("0x2001", "0x2003") + NEW_SA + policies_toml(500, "192.0.2.0/24"))
+    cfg = load_config(path)
+    for stop_at in (1, 2, 3):                    # while building, after building, under the lock
+        calls = []
+
+        def cancelled():
+            calls.append(1)
+            return len(calls) >= stop_at
+
+        with pytest.raises(ipsp.ConfigError, match="abandoned: the engine is stopping"):
+            engine.apply_config(cfg, cancelled=cancelled)
+        assert (sorted((s["direction"], s["spi"]) for s in engine.sa_list()),
+                [p.id for p in engine.policy_list()]) == before
+    engine.apply_config(cfg)
+    assert len(engine.policy_list()) == 501
+
+
+def test_one_reload_at_a_time(server, short_dir):
+    big = short_dir / "big.toml"
+    big.write_text(CONFIG + policies_toml(30_000, "192.0.2.0/24"))
+    first = threading.Thread(target=server.reload, args=(str(big),))
+    first.start()
+    try:
+        until(server._reload_lock.locked, what="the first reload")
+        with pytest.raises(ControlError, match="a reload is already in progress"):
+            ControlClient(server.path).call("reload")
+        assert len(ControlClient(server.path).call("sa_list")) == 2     # the rest still answers
+    finally:
+        first.join()
+    assert len(server.engine.policy_list()) == 30_001
