@@ -770,7 +770,13 @@ class ControlClient:
         deadline = time.monotonic() + self.timeout
         sock = self._connect(deadline)
         try:
-            sock.sendall(request)
+            try:
+                sock.sendall(request)
+            except OSError as exc:
+                # an engine at its connection bound answers and closes before reading: the
+                # answer saying so may be waiting, so read before calling it a closed connection
+                if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
+                    raise
             with sock.makefile("rb") as f:
                 line = f.readline()
         except TimeoutError:
