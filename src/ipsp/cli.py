@@ -226,6 +226,9 @@ def _peer_table(rows: list[dict]) -> str:
                  [[p["name"], p["auth"], p["id"], p["addresses"], p["allowed"]] for p in rows])
 
 
+RELOAD_TIMEOUT = 600.0
+
+
 def _client(args: argparse.Namespace):
     from ipsp.control import ControlClient
     return ControlClient(args.socket)
@@ -490,8 +493,11 @@ def _cmd_events(args: argparse.Namespace) -> int:
 
 
 def _cmd_reload(args: argparse.Namespace) -> int:
+    from ipsp.control import ControlClient
+
     params = {"path": os.path.abspath(args.file)} if args.file else {}
-    r = _client(args).call("reload", **params)
+    # a file of a few hundred thousand policies takes a while to read: wait for the answer
+    r = ControlClient(args.socket, timeout=RELOAD_TIMEOUT).call("reload", **params)
     print(f"reloaded {r['path']}: {r['peers']} peers, {r['policies']} policies, {r['sas']} SAs")
     return 0
 

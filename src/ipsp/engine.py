@@ -348,61 +348,85 @@ class Engine:
 
     # -- configuration --------------------------------------------------------------------
 
-    def apply_config(self, config) -> None:
+    def apply_config(self, config, *, cancelled: Callable[[], bool] | None = None) -> None:
         """Install an ipsp.config.Config: its peers, policies and manual SAs replace those
         of the previous configuration; SAs it keeps unchanged keep their state (sequence
         numbers, replay windows); SAs and policies added through the API stay. All or
-        nothing: if anything fails, what is running is unchanged."""
-        with self._lock:
-            wanted = set(config.sas)
-            installed = {id(sa) for sa in self.km.sad}
+        nothing: if anything fails, what is running is unchanged.
+
+        The new SAs are built off to the side without the engine's lock, so batches, ticks
+        and the control socket go on meanwhile; the lock is held only to check the result
+        against what is installed then and to swap it in: the SAD and the SPD each change
+        in one publication and the packet path in one table swap, so no reader sees half a
+        reload. *cancelled* (checked while building and once more under the lock) abandons
+        the change: the engine is stopping, and the SAs built for it are wiped."""
+        def check() -> None:
+            if cancelled is not None and cancelled():
+                raise ConfigError("configuration change abandoned: the engine is stopping")
+
+        def build(m) -> SecurityAssociation:
+            return SecurityAssociation(m.config, m.direction, lifetimes=m.lifetimes, clock=self.clock,
+                                       label=m.label, reqid=m.reqid, group_source=m.group_source)
+
+        def kept(config_sas: dict) -> dict:
             # an SA of the old file stays as it is if the new file has it unchanged and it is
             # still installed (not deleted, expired or retired by a rekey meanwhile)
-            keep = {m: sa for m, sa in self._config_sas.items()
+            installed = {id(sa) for sa in self.km.sad}
+            wanted = set(config.sas)
+            return {m: sa for m, sa in config_sas.items()
                     if m in wanted and id(sa) in installed and sa.state is not SAStateName.DEAD}
-            fresh: dict[Any, SecurityAssociation] = {}
-            try:
+
+        fresh: dict[Any, SecurityAssociation] = {}
+        try:
+            keep = kept(dict(self._config_sas))
+            for i, m in enumerate(config.sas):
+                if i % 256 == 0:
+                    check()
+                if m not in keep and m not in fresh:
+                    fresh[m] = build(m)
+            check()
+            names = {p.name for p in config.peers}
+            policies = list(config.policies)
+            with self._lock:
+                check()
+                # what happened while building (a rekey, a delete, another reload) decides
+                keep = kept(self._config_sas)
+                for m in [m for m in fresh if m in keep]:
+                    fresh.pop(m).kill()
                 for m in config.sas:
-                    if m not in keep:
-                        fresh[m] = SecurityAssociation(
-                            m.config, m.direction, lifetimes=m.lifetimes, clock=self.clock,
-                            label=m.label, reqid=m.reqid, group_source=m.group_source)
-                leaving = [sa for m, sa in self._config_sas.items() if m not in keep and id(sa) in installed]
-                taken = {self.km.sad.key(x) for x in self.km.sad} - {self.km.sad.key(x) for x in leaving}
+                    if m not in keep and m not in fresh:
+                        fresh[m] = build(m)
+                leaving = [sa for m, sa in self._config_sas.items() if m not in keep]
+                leaving_keys = {self.km.sad.key(x) for x in leaving if x.state is not SAStateName.DEAD}
+                taken = {self.km.sad.key(x) for x in self.km.sad} - leaving_keys
                 for m, sa in fresh.items():
-                    if self.km.sad.key(sa) in taken:
+                    key = self.km.sad.key(sa)
+                    if key in taken:
                         raise ConfigError(f"{m.direction}bound SPI {sa.spi:#x} to {sa.dst} is already installed "
                                           "(by the key manager)", key="sa")
-                names = {p.name for p in config.peers}
-                policies = list(config.policies)
-            except BaseException:
-                for sa in fresh.values():
+                    taken.add(key)
+                with self.changes():
+                    # the SPD first: the one step that can still refuse (a policy id the API
+                    # took meanwhile), before anything else changed
+                    self.km.spd.replace([p.id for p in self._config_policies], policies)
+                    self.km.sad.replace(leaving, list(fresh.values()))
+                    for peer in list(self.km.pad):
+                        if peer.name in names or peer.name in self._config_peer_names():
+                            self.km.pad.remove(peer.name)
+                    for peer in config.peers:
+                        self.km.pad.add(peer)
+                    self._config_sas = {**keep, **fresh}
+                    self._config_policies = policies
+                    self.config = config
+                    self.km.rekey_grace = config.engine.rekey_grace
+                    self.log_interval = config.engine.log_interval
+                    self._pending = True
+        except BaseException:
+            installed = {id(x) for x in self._config_sas.values()}
+            for sa in fresh.values():
+                if id(sa) not in installed:
                     sa.kill()
-                raise
-            # from here on nothing can fail for a reason the checks above did not rule out
-            with self.changes():
-                for sa in leaving:
-                    self.km.sad.remove(sa)
-                for sa in fresh.values():
-                    self.km.sad.add(sa)
-                for p in self._config_policies:
-                    try:
-                        self.km.spd.delete(p.id)
-                    except KeyError:
-                        pass          # deleted through the API meanwhile
-                for p in policies:
-                    self.km.spd.add(p)
-                for peer in list(self.km.pad):
-                    if peer.name in names or peer.name in self._config_peer_names():
-                        self.km.pad.remove(peer.name)
-                for peer in config.peers:
-                    self.km.pad.add(peer)
-                self._config_sas = {**keep, **fresh}
-                self._config_policies = policies
-                self.config = config
-                self.km.rekey_grace = config.engine.rekey_grace
-                self.log_interval = config.engine.log_interval
-                self._pending = True
+            raise
 
     def _config_peer_names(self) -> set[str]:
         return {p.name for p in self.config.peers} if self.config is not None else set()

@@ -46,7 +46,7 @@ from fastpath import TUNNEL, Status, netio
 
 from ipsp import netdev
 from ipsp.config import Config, GatewaySettings
-from ipsp.control import ControlError, ControlServer, SIGNALS, load_for_serving, serve
+from ipsp.control import ControlError, ControlServer, SIGNALS, _only, _param, _shown, load_for_serving, serve
 from ipsp.engine import Engine
 from ipsp.errors import ConfigError
 from ipsp.pmtu import PathMTU, RateLimit, frag_needed, fragment4, packet_too_big, parse_frag_needed
@@ -572,12 +572,13 @@ class GatewayControl(ControlServer):
         daemon = self.gateway.ike
         if daemon is None:
             raise ConfigError("this gateway has no [[connection]]: no IKE daemon runs")
-        action = params.get("action", "status")
+        _only(params, "action", "connection", "ike")
+        action = _param(params, "action", str, "status")
         if action == "status":
             return daemon.status()
-        name = params.get("connection")
-        if not isinstance(name, str):
-            raise ConfigError(f"ike {action} needs the name of a connection")
+        name = _param(params, "connection", str, None)
+        if name is None:
+            raise ConfigError(f"ike {_shown(action)} needs the name of a connection")
         ike = daemon.ike
         if action == "initiate":
             daemon.call(ike.initiate, name)
@@ -586,8 +587,9 @@ class GatewayControl(ControlServer):
             daemon.call(ike.terminate, name)
             return {"connection": name}
         if action == "rekey":
-            return {"connection": name, "started": daemon.call(lambda: ike.rekey(name, ike=bool(params.get("ike"))))}
-        raise ConfigError(f"unknown ike action {action!r} (status, initiate, terminate, rekey)")
+            rekey_ike = _param(params, "ike", bool, False)
+            return {"connection": name, "started": daemon.call(lambda: ike.rekey(name, ike=rekey_ike))}
+        raise ConfigError(f"unknown ike action {_shown(action)} (status, initiate, terminate, rekey)")
 
     def apply(self, cfg: Config) -> None:
         if cfg.gateway is None:

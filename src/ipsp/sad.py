@@ -288,6 +288,27 @@ class SADatabase:
                     self._remove(sa)
         return events
 
+    def replace(self, leaving: list[SecurityAssociation], arriving: list[SecurityAssociation]) -> None:
+        """Take *leaving* out (those still there) and install *arriving* in one publication,
+        so a reader sees all of the change or none (a reload); then kill *leaving*. A key
+        taken by an SA that stays, or twice in *arriving*, is an error: nothing changes."""
+        with self._lock:
+            table = dict(self._by_key)
+            for sa in leaving:
+                key = self.key(sa)
+                if table.get(key) is sa:
+                    del table[key]
+            for sa in arriving:
+                key = self.key(sa)
+                if key in table:
+                    raise ConfigError(f"an {sa.direction}bound SA with SPI {sa.spi:#x} to {sa.dst} already exists")
+                table[key] = sa
+            for sa in arriving:
+                self._larval.pop(self.key(sa), None)
+            self._by_key = table
+        for sa in leaving:
+            sa.kill()
+
     def remove(self, sa: SecurityAssociation) -> None:
         """Take this very SA out (if it is still there) and kill it."""
         self._remove(sa)

@@ -10,6 +10,7 @@ tables so a lookup never sees half an update.
 
 from __future__ import annotations
 
+import bisect
 import enum
 import ipaddress
 import itertools
@@ -84,58 +85,112 @@ class Policy:
 
 
 class PolicyDatabase:
-    """Ordered policies per direction. Readers take a snapshot (a tuple) without locking;
-    writers build a new tuple under a lock and publish it with one assignment."""
+    """Ordered policies per direction: by priority, equal priorities in insertion order.
+
+    Readers take a snapshot without locking: the whole state (both directions' tuples and
+    the id index) is one immutable object published with one assignment, so a reader never
+    sees one direction updated and the other not, or a policy in the list but not the index.
+    Writers build the next state under a lock. One insert is a binary search and a tuple
+    copy; :meth:`replace` applies a whole configuration's removals and additions in one
+    O(n log n) step and one publication (a reload is never visible half-done).
+    """
 
     def __init__(self, policies: Iterable[Policy] = ()):
         self._lock = threading.Lock()
-        self._by_dir: dict[Direction, tuple[Policy, ...]] = {Direction.OUT: (), Direction.IN: ()}
-        self.generation = 0
-        for p in policies:
-            self.add(p)
+        self._state = _State({Direction.OUT: (), Direction.IN: ()}, {}, 0)
+        if policies:
+            self.replace((), policies)
+
+    @property
+    def generation(self) -> int:
+        return self._state.generation
 
     def __iter__(self) -> Iterator[Policy]:
+        by_dir = self._state.by_dir
         for d in Direction:
-            yield from self._by_dir[d]
+            yield from by_dir[d]
 
     def __len__(self) -> int:
-        return sum(len(v) for v in self._by_dir.values())
+        return len(self._state.by_id)
 
     def policies(self, direction: Direction) -> tuple[Policy, ...]:
-        return self._by_dir[direction]
+        return self._state.by_dir[direction]
 
-    def _publish(self, direction: Direction, new: list[Policy]) -> None:
-        new.sort(key=lambda p: p.priority)          # stable: ties keep insertion order
-        self._by_dir[direction] = tuple(new)
-        self.generation += 1
+    def snapshot(self) -> dict[Direction, tuple[Policy, ...]]:
+        """Both directions as of one moment."""
+        return dict(self._state.by_dir)
 
     def add(self, policy: Policy) -> Policy:
         with self._lock:
-            if any(p.id == policy.id for p in self):
+            state = self._state
+            if policy.id in state.by_id:
                 raise ConfigError(f"policy id {policy.id} already exists")
-            self._publish(policy.direction, [*self._by_dir[policy.direction], policy])
+            rows = state.by_dir[policy.direction]
+            # after every policy of equal or lower priority: insertion order among equals
+            at = bisect.bisect_right(rows, policy.priority, key=_priority)
+            by_dir = {**state.by_dir, policy.direction: (*rows[:at], policy, *rows[at:])}
+            self._state = _State(by_dir, {**state.by_id, policy.id: policy}, state.generation + 1)
         return policy
 
+    def replace(self, remove: Iterable[int], add: Iterable[Policy]) -> list[Policy]:
+        """Delete the policies with ids in *remove* (those still here) and add *add*, in
+        order, as one change: the same result as those deletes and adds one at a time, but
+        sorted once and published once. If an added id is taken (by a policy not removed,
+        or twice in *add*) nothing changes. Returns the policies removed."""
+        add = list(add)
+        with self._lock:
+            state = self._state
+            gone = {i for i in remove if i in state.by_id}
+            by_id = {i: p for i, p in state.by_id.items() if i not in gone}
+            for p in add:
+                if p.id in by_id:
+                    raise ConfigError(f"policy id {p.id} already exists")
+                by_id[p.id] = p
+            by_dir = {}
+            for d in Direction:
+                kept = [p for p in state.by_dir[d] if p.id not in gone]
+                # kept rows are already in order; a stable sort of kept + new keeps ties in
+                # insertion order (the existing ones first), as single adds would
+                rows = kept + [p for p in add if p.direction is d]
+                rows.sort(key=_priority)
+                by_dir[d] = tuple(rows)
+            self._state = _State(by_dir, by_id, state.generation + 1)
+            return [state.by_id[i] for i in gone]
+
     def get(self, policy_id: int) -> Policy:
-        for p in self:
-            if p.id == policy_id:
-                return p
-        raise KeyError(f"no policy with id {policy_id}")
+        try:
+            return self._state.by_id[policy_id]
+        except (KeyError, TypeError):
+            raise KeyError(f"no policy with id {policy_id}") from None
 
     def delete(self, policy_id: int) -> Policy:
         with self._lock:
             p = self.get(policy_id)
-            self._publish(p.direction, [q for q in self._by_dir[p.direction] if q.id != policy_id])
+            state = self._state
+            by_dir = {**state.by_dir, p.direction: tuple(q for q in state.by_dir[p.direction] if q.id != policy_id)}
+            by_id = dict(state.by_id)
+            del by_id[policy_id]
+            self._state = _State(by_dir, by_id, state.generation + 1)
         return p
 
     def flush(self) -> None:
         with self._lock:
-            for d in Direction:
-                self._publish(d, [])
+            self._state = _State({Direction.OUT: (), Direction.IN: ()}, {}, self._state.generation + 1)
 
     def lookup(self, direction: Direction, src, dst, proto: int, sport: int, dport: int) -> Policy | None:
         """First matching policy, the reference (slow, Python) lookup."""
-        for p in self._by_dir[direction]:
+        for p in self._state.by_dir[direction]:
             if p.selector.matches(src, dst, proto, sport, dport):
                 return p
         return None
+
+
+def _priority(p: Policy) -> int:
+    return p.priority
+
+
+@dataclass(frozen=True)
+class _State:
+    by_dir: dict[Direction, tuple[Policy, ...]]
+    by_id: dict[int, Policy]
+    generation: int

@@ -7,6 +7,7 @@ Every CLI run goes through run(), which also checks that no key ever shows in it
 import json
 import os
 import pathlib
+import resource
 import select
 import shutil
 import signal
@@ -15,6 +16,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import pytest
@@ -276,7 +278,8 @@ def test_sa_add_inline_and_file_is_all_or_nothing(engine):
 
 def test_stats_prometheus_and_events(engine):
     stats = json.loads(ok("stats", "--socket", engine.socket, "--json"))
-    assert set(stats) == {"totals", "sas"} and len(stats["sas"]) == 2
+    assert set(stats) == {"totals", "sas", "control"} and len(stats["sas"]) == 2
+    assert stats["control"]["accepted"] >= 1 and stats["control"]["refused_over_limit"] == 0
     assert ok("stats", "--socket", engine.socket).splitlines()[0].split() == ["OUTCOME", "IN", "OUT"]
     prom = ok("stats", "--socket", engine.socket, "--prometheus")
     assert 'ipsp_sas{state="mature"} 2' in prom and "# TYPE ipsp_packets_total counter" in prom
@@ -531,3 +534,240 @@ def test_results_never_carry_key_material():
     assert plain({"enc_key": b"k", "auth_key": "0x11", "psk": b"p", "spi": 1}) == {"spi": 1}
     with pytest.raises(TypeError):
         plain({"spi": b"\x00"})
+
+
+# -- reloads: off to the side, swapped in at once, abandoned on SIGTERM ---------------------------
+
+def policies_toml(n: int, dst: str, priority: int = 100) -> str:
+    """n bypass policies to *dst* from distinct /32 sources."""
+    return "".join(f'[[policy]]\naction = "bypass"\nsrc = "10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}/32"\n'
+                   f'dst = "{dst}"\npriority = {priority + i % 3}\n\n' for i in range(n))
+
+
+def test_a_reload_is_never_visible_half_done(server, short_dir):
+    """A thread reading the policies, SAs and counters while big reloads go back and forth
+    sees exactly the old configuration or exactly the new one, never a mix."""
+    n = 3000
+    old = CONFIG + policies_toml(n, "192.0.2.0/24")
+    new = CONFIG.replace("0x2001", "0x2003") + NEW_SA + policies_toml(n, "203.0.113.0/24")
+    files = [short_dir / "old.toml", short_dir / "new.toml"]
+    files[0].write_text(old)
+    files[1].write_text(new)
+    server.reload(str(files[0]))
+    engine = server.engine
+    shapes = {("192.0.2.0/24", n + 1, frozenset({("out", 0x1001), ("in", 0x2001)})),
+              ("203.0.113.0/24", n + 1, frozenset({("out", 0x1001), ("in", 0x2003), ("in", 0x2002)}))}
+    seen, bad, stop = [], [], False
+
+    def poll():
+        client = ControlClient(server.path)
+        while not stop:
+            for policies, sas in ((engine.policy_list(), engine.sa_list()),
+                                  (engine.policy_list(), [s for s in engine.counters()["sas"]])):
+                dsts = {str(p.selector.dst) for p in policies} - {"10.2.0.0/16"}
+                shape = (next(iter(dsts)) if len(dsts) == 1 else tuple(sorted(dsts)), len(policies),
+                         frozenset((s["direction"], s["spi"]) for s in sas))
+                seen.append(shape[0])
+                if shape not in shapes:
+                    bad.append(shape[:2])
+            rows = client.call("policy_list")
+            if len({r["dst"] for r in rows} - {"10.2.0.0/16"}) != 1 or len(rows) != n + 1:
+                bad.append(("socket", len(rows)))
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        for i in range(6):
+            server.reload(str(files[(i + 1) % 2]))
+    finally:
+        stop = True
+        poller.join()
+    assert not bad, bad[:5]
+    assert {"192.0.2.0/24", "203.0.113.0/24"} <= set(seen)
+
+
+def test_a_long_reload_keeps_the_engine_ticking_and_sigterm_abandons_it(engine):
+    """SIGHUP with a 150,000-policy file: while it loads, the control socket answers and the
+    engine ticks (an SA's soft expiry is logged); SIGTERM then stops the engine within about
+    a second (the issue's bound; slack for a loaded machine), keys wiped, the reload abandoned."""
+    engine.config.write_text(CONFIG + policies_toml(150_000, "192.0.2.0/24"))
+    engine.signal(signal.SIGHUP)
+    sa_file = engine.dir / "exp.toml"
+    sa_file.write_text(NEW_SA.replace("IPSP_K_NEW", "IPSP_K_EXP") + "lifetime = { soft_seconds = 0.1 }\n")
+    ok("sa", "add", "--socket", engine.socket, "--file", sa_file)
+    until(lambda: "event: soft expiry" in engine.log.read_text(), what="a tick during the reload")
+    assert "loaded" not in engine.log.read_text(), "the reload finished too soon to test anything"
+    start = time.monotonic()
+    engine.signal(signal.SIGTERM)
+    assert engine.proc.wait(10) == 0
+    took = time.monotonic() - start
+    log = engine.log.read_text()
+    assert took < 2.5, f"SIGTERM took {took:.2f} s during a reload"
+    assert "abandoning the reload in progress" in log and "keys wiped" in log and "loaded" not in log
+    assert not engine.socket.exists()
+
+
+# -- the control socket under load ----------------------------------------------------------------
+
+def test_200_clients_20_requests_each_all_answered(server):
+    failures, answered = [], []
+
+    def client():
+        c = ControlClient(server.path, timeout=60)
+        for _ in range(20):
+            try:
+                answered.append(len(c.call("stats")["sas"]))
+            except ControlError as exc:
+                failures.append(str(exc))
+
+    threads = [threading.Thread(target=client) for _ in range(200)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures[:3]
+    assert answered == [2] * 4000
+    assert server.counters()["refused_over_limit"] == 0
+
+
+@pytest.fixture
+def many_fds():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 7000 if hard == resource.RLIM_INFINITY else min(hard, 7000)
+    if want < 7000:
+        pytest.skip(f"needs 7000 file descriptors, the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_idle_connections_pin_no_thread_and_time_out(short_dir, many_fds):
+    eng = Engine()
+    srv = ControlServer(eng, short_dir / "i.sock")
+    srv.idle_timeout = 3.0
+    srv.start()
+    idle, half = [], None
+    try:
+        threads_before = threading.active_count()
+        for _ in range(3000):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(srv.path)
+            idle.append(s)
+        until(lambda: srv.counters()["connections"] == 3000, what="3000 accepted connections")
+        assert threading.active_count() == threads_before          # none per connection
+        assert ControlClient(srv.path).call("events") == []        # and others are served
+        half = Raw(srv.path)                                       # an unfinished line is not idle...
+        half.sock.sendall(b'{"op": "sa_')
+        until(lambda: srv.counters()["closed_idle"] >= 3000, timeout=20, what="the idle ones closed")
+        assert all(s.recv(1) == b"" for s in idle[:50])            # ...but it times out as well
+        assert half.sock.recv(1) == b""
+        assert srv.counters()["connections"] == 0
+        assert ControlClient(srv.path).call("events") == []
+    finally:
+        for s in idle:
+            s.close()
+        if half is not None:
+            half.close()
+        srv.close()
+        eng.close()
+
+
+def test_connections_over_the_bound_get_an_error_and_are_counted(short_dir):
+    eng = Engine()
+    srv = ControlServer(eng, short_dir / "b.sock", max_connections=3).start()
+    held = [Raw(srv.path) for _ in range(3)]
+    try:
+        until(lambda: srv.counters()["connections"] == 3, what="three connections")
+        with pytest.raises(ControlError, match=r"too many connections \(at most 3\)"):
+            ControlClient(srv.path).call("sa_list")
+        assert srv.counters()["refused_over_limit"] == 1
+        assert held[0].ask(b'{"op": "sa_list"}\n') == {"ok": True, "result": []}
+        held.pop().close()
+        assert until(lambda: srv.counters()["connections"] == 2, what="a slot") and \
+            ControlClient(srv.path).call("sa_list") == []
+    finally:
+        for h in held:
+            h.close()
+        srv.close()
+        eng.close()
+
+
+def test_client_retries_while_the_listen_queue_is_full(short_dir):
+    """A Unix socket with a full queue refuses with EAGAIN at once; the client waits and
+    tries again (within its timeout) instead of failing."""
+    path = str(short_dir / "q.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    fillers = []
+    while True:                                   # fill the queue
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            s.connect(path)
+        except BlockingIOError:
+            s.close()
+            break
+        fillers.append(s)
+    result = {}
+    caller = threading.Thread(target=lambda: result.update(r=ControlClient(path, timeout=10).call("events")))
+    caller.start()
+    time.sleep(0.3)                               # the client is retrying now
+    try:
+        listener.settimeout(10)
+        for _ in range(len(fillers) + 1):
+            conn, _ = listener.accept()
+            conn.settimeout(0.2)
+            try:
+                if conn.recv(4096):
+                    conn.sendall(b'{"ok": true, "result": ["served"]}\n')
+            except TimeoutError:
+                pass
+            conn.close()
+        caller.join(10)
+        assert result == {"r": ["served"]}
+    finally:
+        listener.close()
+        for s in fillers:
+            s.close()
+
+
+def test_an_abandoned_apply_changes_nothing(server, short_dir):
+    """Engine.apply_config told to stop part-way (SIGTERM during a reload) installs nothing."""
+    from ipsp.config import load_config
+
+    engine = server.engine
+    before = (sorted((s["direction"], s["spi"]) for s in engine.sa_list()), [p.id for p in engine.policy_list()])
+    path = short_dir / "many.toml"
+    path.write_text(CONFIG.replace("0x2001", "0x2003") + NEW_SA + policies_toml(500, "192.0.2.0/24"))
+    cfg = load_config(path)
+    for stop_at in (1, 2, 3):                    # while building, after building, under the lock
+        calls = []
+
+        def cancelled():
+            calls.append(1)
+            return len(calls) >= stop_at
+
+        with pytest.raises(ipsp.ConfigError, match="abandoned: the engine is stopping"):
+            engine.apply_config(cfg, cancelled=cancelled)
+        assert (sorted((s["direction"], s["spi"]) for s in engine.sa_list()),
+                [p.id for p in engine.policy_list()]) == before
+    engine.apply_config(cfg)
+    assert len(engine.policy_list()) == 501
+
+
+def test_one_reload_at_a_time(server, short_dir):
+    big = short_dir / "big.toml"
+    big.write_text(CONFIG + policies_toml(30_000, "192.0.2.0/24"))
+    first = threading.Thread(target=server.reload, args=(str(big),))
+    first.start()
+    try:
+        until(server._reload_lock.locked, what="the first reload")
+        with pytest.raises(ControlError, match="a reload is already in progress"):
+            ControlClient(server.path).call("reload")
+        assert len(ControlClient(server.path).call("sa_list")) == 2     # the rest still answers
+    finally:
+        first.join()
+    assert len(server.engine.policy_list()) == 30_001

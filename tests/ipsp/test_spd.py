@@ -139,3 +139,99 @@ def test_compiled_lookup_matches_reference_for_both_families_ports_and_icmp(sele
             pkt, src, dst, (proto, sport, dport) = _scapy_packet(*spec)
             ref = db.lookup(Direction.OUT, src, dst, proto, sport, dport)
             assert c.classify(pkt) == (ordered.index(ref) if ref else CLASS_NONE)
+
+
+# -- the database's order and its bulk replace ------------------------------------------------
+
+class _Reference:
+    """The SPD's specified order, the slow way (the pre-issue-11 code): per direction a list,
+    a stable sort by priority after every insert (equal priorities keep insertion order)."""
+
+    def __init__(self):
+        self.rows = {d: [] for d in Direction}
+
+    def ids(self):
+        return {p.id for d in Direction for p in self.rows[d]}
+
+    def add(self, p):
+        if p.id in self.ids():
+            raise ConfigError("taken")
+        self.rows[p.direction] = sorted([*self.rows[p.direction], p], key=lambda q: q.priority)
+
+    def delete(self, i):
+        for d in Direction:
+            self.rows[d] = [q for q in self.rows[d] if q.id != i]
+
+
+_ID = st.integers(1, 12)
+_POLICY = st.builds(lambda i, prio, d: Policy(PolicySelector(), Action.BYPASS, d, prio, id=i),
+                    _ID, st.sampled_from([0, 5, 1000]), st.sampled_from(list(Direction)))
+_OPS = st.lists(st.one_of(
+    st.tuples(st.just("add"), _POLICY),
+    st.tuples(st.just("delete"), _ID),
+    st.tuples(st.just("replace"), st.lists(_ID, max_size=6), st.lists(_POLICY, max_size=6)),
+    st.tuples(st.just("flush"))), max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_OPS)
+def test_database_order_equals_the_reference_one_insert_at_a_time(ops):
+    db, ref = PolicyDatabase(), _Reference()
+    for op in ops:
+        before = {d: db.policies(d) for d in Direction}
+        if op[0] == "add":
+            if op[1].id in ref.ids():
+                with pytest.raises(ConfigError, match=f"policy id {op[1].id} already exists"):
+                    db.add(op[1])
+            else:
+                ref.add(op[1])
+                db.add(op[1])
+        elif op[0] == "delete":
+            if op[1] in ref.ids():
+                ref.delete(op[1])
+                assert db.delete(op[1]).id == op[1]
+            else:
+                with pytest.raises(KeyError):
+                    db.delete(op[1])
+        elif op[0] == "replace":
+            _, remove, add = op
+            left = ref.ids() - set(remove)
+            added = [p.id for p in add]
+            if len(set(added)) != len(added) or left & set(added):
+                with pytest.raises(ConfigError, match="already exists"):
+                    db.replace(remove, add)
+                assert {d: db.policies(d) for d in Direction} == before     # nothing changed
+            else:
+                gone = {p.id for p in db.replace(remove, add)}
+                assert gone == ref.ids() & set(remove)
+                for i in remove:                         # what replace() means: deletes, then adds
+                    ref.delete(i)
+                for p in add:
+                    ref.add(p)
+        else:
+            db.flush()
+            ref = _Reference()
+        for d in Direction:
+            assert db.policies(d) == tuple(ref.rows[d])
+        assert list(db) == [p for d in Direction for p in ref.rows[d]] and len(db) == len(ref.ids())
+        for i in range(1, 13):
+            if i in ref.ids():
+                assert db.get(i).id == i
+            else:
+                with pytest.raises(KeyError, match=f"no policy with id {i}"):
+                    db.get(i)
+
+
+def test_bulk_replace_is_one_publication_and_scales():
+    # 50,000 policies in one replace: the old per-insert path (an id scan and a sort per
+    # policy) needed minutes for this; one step publishes all of it at once
+    db = PolicyDatabase([Policy(PolicySelector(), Action.DISCARD, priority=1, id=10**9)])
+    gen = db.generation
+    new = [Policy(PolicySelector(), Action.BYPASS, Direction(i % 2), priority=i % 3, id=10**9 + 1 + i)
+           for i in range(50_000)]
+    assert [p.id for p in db.replace([10**9], new)] == [10**9]
+    assert db.generation == gen + 1 and len(db) == 50_000
+    out = db.policies(Direction.OUT)
+    assert [p.priority for p in out] == sorted(p.priority for p in out)
+    with pytest.raises(KeyError):         # a hostile id (unhashable) is just not there
+        db.get(["not", "hashable"])
