@@ -7,6 +7,15 @@ marker (:meth:`IkeDaemon.feed`); the daemon sends through the same socket, so it
 ESP leave from one address and port, as the peer's NAT mapping needs. Standalone the daemon
 opens 4500 itself.
 
+Every datagram, from the daemon's own sockets or from the gateway, enters through one
+bounded :class:`ipsp.ike.intake.Intake`: messages of our IKE SAs are served before new
+IKE_SA_INIT, whatever is beyond the queues' bounds is dropped and counted, and the loop serves
+a budget per iteration so control calls and timers are never stuck behind a flood. The
+daemon's own sockets are read until empty (at most ``READ_BURST`` datagrams per wake-up):
+leaving a flood in the kernel's receive buffer would drop the established SAs' messages
+there, before anything could tell them apart. Sends never queue: a datagram the socket will
+not take now is dropped and counted (IKE retransmits).
+
 Engine events reach the protocol on its own thread: ``acquire`` (a trap policy's first
 packet) starts a negotiation.
 """
@@ -24,6 +33,7 @@ from typing import Callable
 from ipsp.ike import certs
 from ipsp.ike.config import Connection, IkeSettings
 from ipsp.ike.ikesa import Ike
+from ipsp.ike.intake import Intake, QuietLog
 
 __all__ = ["IkeDaemon", "NON_ESP_MARKER", "load_credentials"]
 
@@ -31,6 +41,7 @@ log = logging.getLogger("ipsp.ike")
 
 NON_ESP_MARKER = b"\0\0\0\0"       # RFC 3948 2.2
 TICK = 0.1                         # retransmission and timer resolution, seconds
+READ_BURST = 256                   # datagrams read from one socket per wake-up
 
 
 def load_credentials(settings: IkeSettings, pad) -> tuple[certs.Credential | None, certs.TrustStore | None]:
@@ -40,21 +51,6 @@ def load_credentials(settings: IkeSettings, pad) -> tuple[certs.Credential | Non
     anchors = list(dict.fromkeys([*settings.cacerts, *(p.ca for p in pad if p.auth == "pubkey" and p.ca)]))
     trust = certs.TrustStore.load(anchors, settings.crls) if anchors else None
     return credential, trust
-
-
-class _Endpoint(asyncio.DatagramProtocol):
-    def __init__(self, daemon: "IkeDaemon", port: int, marker: bool):
-        self.daemon, self.port, self.marker = daemon, port, marker
-
-    def datagram_received(self, data: bytes, addr) -> None:
-        if self.marker:
-            if len(data) <= 4 or data[:4] != NON_ESP_MARKER:
-                return                      # ESP or a keepalive: not for IKE
-            data = data[4:]
-        self.daemon.receive(data, (addr[0], addr[1]), self.port)
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("IKE socket on port %d: %s", self.port, exc)
 
 
 class IkeDaemon:
@@ -71,7 +67,10 @@ class IkeDaemon:
                        credential=credential, trust=trust, changes=engine.changes)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._transports: dict[int, asyncio.DatagramTransport] = {}
+        self._sockets: dict[int, socket.socket] = {}
+        self.intake = Intake(self.ike.sas.__contains__, self._wake)
+        self.quiet: QuietLog = self.ike.quiet
+        self.counters = dict.fromkeys(("not_ike", "send_failed"), 0)     # written on the loop only
         self._ready = threading.Event()
         self._batch: contextlib.ExitStack | None = None
         self._error: BaseException | None = None
@@ -102,20 +101,32 @@ class IkeDaemon:
         ticker.cancel()
         with contextlib.suppress(BaseException):
             self.loop.run_until_complete(ticker)
-        for t in self._transports.values():
-            t.close()
-        self.loop.run_until_complete(asyncio.sleep(0))
+        self._close_sockets()
         self.loop.close()
 
     async def _open(self) -> None:
         ports = [(self.settings.port, False)]
         if self.nat_socket is None:
             ports.append((self.settings.nat_port, True))
-        for port, marker in ports:
-            transport, _ = await self.loop.create_datagram_endpoint(
-                lambda port=port, marker=marker: _Endpoint(self, port, marker), local_addr=(self.local, port))
-            self._transports[port] = transport
+        family = socket.AF_INET6 if ":" in self.local else socket.AF_INET
+        try:
+            for port, marker in ports:
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+                self._sockets[port] = sock
+                sock.setblocking(False)
+                sock.bind((self.local, port))
+                self.loop.add_reader(sock.fileno(), self._readable, sock, port, marker)
+        except BaseException:
+            self._close_sockets()
+            raise
         self.ike.start()
+
+    def _close_sockets(self) -> None:
+        for sock in self._sockets.values():
+            if self.loop is not None and not self.loop.is_closed() and sock.fileno() >= 0:
+                self.loop.remove_reader(sock.fileno())
+            sock.close()
+        self._sockets.clear()
 
     async def _ticks(self) -> None:
         while True:
@@ -146,15 +157,46 @@ class IkeDaemon:
 
     # -- I/O ----------------------------------------------------------------------------------------
 
-    def feed(self, data: bytes, remote: tuple[str, int]) -> None:
-        """An IKE message (marker removed) that arrived on the gateway's 4500 socket; any thread."""
-        if self.loop is not None and self.loop.is_running():
-            self.loop.call_soon_threadsafe(self.receive, data, remote, self.settings.nat_port)
+    def feed(self, data: bytes, remote: tuple[str, int]) -> bool:
+        """An IKE message (marker removed) that arrived on the gateway's 4500 socket; any
+        thread, never blocks. False if it was dropped (the intake counted it)."""
+        return self.intake.put(data, remote, self.settings.nat_port)
+
+    def _readable(self, sock: socket.socket, port: int, marker: bool) -> None:
+        """On the loop: what one of our sockets holds, up to READ_BURST datagrams, into the intake."""
+        for _ in range(READ_BURST):
+            try:
+                data, addr = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:          # an ICMP error reported on the socket
+                self.quiet(logging.DEBUG, "socket", "IKE socket on port %d: %s", port, exc)
+                continue
+            if marker:
+                if len(data) <= 4 or data[:4] != NON_ESP_MARKER:
+                    self.counters["not_ike"] += 1       # ESP or a keepalive on a daemon without a gateway
+                    continue
+                data = data[4:]
+            self.intake.put(data, (addr[0], addr[1]), port)
+
+    def _wake(self) -> None:
+        """From any thread: the intake has datagrams and no drain is scheduled."""
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):      # the loop closed meanwhile: nothing to serve
+                loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        """On the loop: a budget of queued datagrams, then the rest in a later iteration."""
+        for data, remote, local_port in self.intake.take():
+            self.receive(data, remote, local_port)
+        if self.intake.pending():
+            self.loop.call_soon(self._drain)
 
     def receive(self, data: bytes, remote: tuple[str, int], local_port: int) -> None:
-        """On the loop: the datagrams of one loop iteration share one engine table rebuild
-        (the rebuild costs in proportion to all installed SAs: one per handshake would make
-        many handshakes at once cost the square of their number)."""
+        """On the loop: one datagram to the protocol. The datagrams of one loop iteration share
+        one engine table rebuild (the rebuild costs in proportion to all installed SAs: one per
+        handshake would make many handshakes at once cost the square of their number)."""
         if self._batch is None:
             self._batch = contextlib.ExitStack()
             self._batch.enter_context(self.engine.changes())
@@ -166,15 +208,17 @@ class IkeDaemon:
         batch.close()
 
     def _send(self, data: bytes, remote: tuple[str, int], local_port: int) -> None:
+        """Never queues (an asyncio transport would buffer without bound behind a full socket)."""
         try:
             if local_port == self.settings.port:
-                self._transports[self.settings.port].sendto(data, remote)
+                self._sockets[self.settings.port].sendto(data, remote)
             elif self.nat_socket is not None:
-                self.nat_socket.sendto(NON_ESP_MARKER + data, remote)
+                self.nat_socket.sendto(NON_ESP_MARKER + data, remote, socket.MSG_DONTWAIT)
             else:
-                self._transports[self.settings.nat_port].sendto(NON_ESP_MARKER + data, remote)
+                self._sockets[self.settings.nat_port].sendto(NON_ESP_MARKER + data, remote)
         except OSError as exc:
-            log.info("sending IKE to %s:%d: %s", remote[0], remote[1], exc)
+            self.counters["send_failed"] += 1
+            self.quiet(logging.INFO, "send", "sending IKE to %s:%d: %s", remote[0], remote[1], exc)
 
     def call(self, fn: Callable, *args, timeout: float = 10):
         """Run fn(*args) on the daemon's thread and return its result (for control commands)."""
@@ -202,6 +246,14 @@ class IkeDaemon:
         lines = ["# HELP ipsp_ike_messages_total IKE messages and their outcomes, by kind.",
                  "# TYPE ipsp_ike_messages_total counter"]
         lines += [f'ipsp_ike_messages_total{{kind="{k}"}} {v}' for k, v in st["counters"].items()]
+        intake = st["intake"]
+        lines += ["# HELP ipsp_ike_intake_total IKE datagrams queued for the protocol or dropped on the way in.",
+                  "# TYPE ipsp_ike_intake_total counter"]
+        lines += [f'ipsp_ike_intake_total{{outcome="{k}"}} {v}' for k, v in intake.items()
+                  if not k.startswith("queue_")]
+        lines += ["# HELP ipsp_ike_intake_queue IKE datagrams waiting, by queue.", "# TYPE ipsp_ike_intake_queue gauge"]
+        lines += [f'ipsp_ike_intake_queue{{queue="{k[6:]}"}} {v}' for k, v in intake.items()
+                  if k.startswith("queue_") and not k.endswith("_bytes")]
         lines += ["# HELP ipsp_ike_sas IKE SAs by state.", "# TYPE ipsp_ike_sas gauge"]
         lines += [f'ipsp_ike_sas{{state="{k}"}} {v}' for k, v in sorted(states.items())]
         lines += ["# HELP ipsp_ike_child_sas Child SAs of the IKE SAs.", "# TYPE ipsp_ike_child_sas gauge",
@@ -220,5 +272,6 @@ class IkeDaemon:
                                            "proposal": c.proposal.name, "state": c.state} for c in sa.children]}
                             for sa in self.ike.ike_sas()],
                 "counters": dict(self.ike.stats),
+                "intake": {**self.intake.stats(), **self.counters, "log_lines_suppressed": self.quiet.suppressed},
             }
         return self.call(snapshot)
