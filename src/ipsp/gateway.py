@@ -618,7 +618,11 @@ def _ike_daemon(engine: Engine, cfg: Config, gateway: Gateway):
     if nat is None and any(c.encap for c in cfg.connections):
         raise ConfigError("connections with encap = true need gateway.outer = \"udp\"", path=cfg.path,
                           key="gateway.outer")
-    return IkeDaemon(engine, settings, cfg.connections, g.local, nat_socket=nat)
+    # the UDP socket and the DF socket share the port (SO_REUSEPORT, IPv4): the daemon's IKE
+    # sockets join them there and the kernel steers IKE to those (IkeDaemon._open)
+    group = [sock for sock in (gateway.sock, gateway.sock_df) if sock is not None] if g.local.version == 4 else []
+    return IkeDaemon(engine, settings, cfg.connections, g.local, nat_socket=nat,
+                     nat_group=len(group) if nat is not None else 0)
 
 
 def run_gateway(config_path: str, socket_path: str | None = None) -> int:

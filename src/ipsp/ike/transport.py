@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import socket
+import struct
 import threading
 import time
 from typing import Callable
@@ -42,6 +44,32 @@ log = logging.getLogger("ipsp.ike")
 NON_ESP_MARKER = b"\0\0\0\0"       # RFC 3948 2.2
 TICK = 0.1                         # retransmission and timer resolution, seconds
 READ_BURST = 256                   # datagrams read from one socket per wake-up
+SO_ATTACH_REUSEPORT_CBPF = 51      # Linux 4.5, <asm-generic/socket.h>
+SO_DETACH_REUSEPORT_BPF = 68       # Linux 5.3
+_NEW, _ESTABLISHED = 0, 1          # the order of a port's two sockets in its SO_REUSEPORT group
+
+
+def steering_program(marker: bool, base: int, other: int) -> bytes:
+    """Classic BPF for a SO_REUSEPORT group (SO_ATTACH_REUSEPORT_CBPF), run by the kernel on
+    each datagram's UDP payload: the index of the socket that gets it. IKE with a zero
+    responder SPI (IKE_SA_INIT requests, RFC 7296 3.1) goes to socket *base*, other IKE to
+    *base* + 1, so a flood of the first fills only its own receive buffer; with *marker*
+    (RFC 3948 2.2) what does not start with four zero bytes (ESP) goes to socket *other*. A
+    datagram too short to hold the fields makes the program end with 0: socket 0."""
+    ld, jeq, ret = 0x20, 0x15, 0x06          # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_RET|K
+    spi = 4 if marker else 0
+    # (code, jt, jf, k); the jumps count instructions skipped
+    prog = [(ld, 0, 0, spi + 8), (jeq, 0, 3, 0), (ld, 0, 0, spi + 12), (jeq, 0, 1, 0),
+            (ret, 0, 0, base + _NEW), (ret, 0, 0, base + _ESTABLISHED)]
+    if marker:
+        prog = [(ld, 0, 0, 0), (jeq, 0, len(prog), 0)] + prog + [(ret, 0, 0, other)]
+    return b"".join(struct.pack("=HBBI", *insn) for insn in prog)
+
+
+def _set_program(sock: socket.socket, program: bytes) -> None:
+    code = ctypes.create_string_buffer(program, len(program))
+    fprog = struct.pack("@HP", len(program) // 8, ctypes.addressof(code))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
 
 
 def load_credentials(settings: IkeSettings, pad) -> tuple[certs.Credential | None, certs.TrustStore | None]:
@@ -57,22 +85,27 @@ class IkeDaemon:
     """``start()``, then ``feed()`` from the gateway's receive thread; ``stop()``."""
 
     def __init__(self, engine, settings: IkeSettings, connections: tuple[Connection, ...], local, *,
-                 nat_socket: socket.socket | None = None, clock: Callable[[], float] = time.monotonic):
+                 nat_socket: socket.socket | None = None, nat_group: int = 0,
+                 clock: Callable[[], float] = time.monotonic):
         self.engine = engine
         self.settings = settings
         self.local = str(local)
         self.nat_socket = nat_socket
+        # the sockets already in nat_socket's SO_REUSEPORT group (0: none, it is not shared)
+        self.nat_group = nat_group
+        self.steered = False           # the kernel sends the gateway's IKE to our own sockets
         credential, trust = load_credentials(settings, engine.km.pad)
         self.ike = Ike(engine.km, engine.km.pad, settings, connections, local=local, send=self._send, clock=clock,
                        credential=credential, trust=trust, changes=engine.changes)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._sockets: dict[int, socket.socket] = {}
+        self._sockets: dict[int, list[socket.socket]] = {}      # port -> [new, established]
         self.intake = Intake(self.ike.sas.__contains__, self._wake)
         self.quiet: QuietLog = self.ike.quiet
         self.counters = dict.fromkeys(("not_ike", "send_failed"), 0)     # written on the loop only
         self._ready = threading.Event()
         self._batch: contextlib.ExitStack | None = None
+        self._outbox: list[tuple[bytes, tuple[str, int], int]] = []     # sends held until the batch ends
         self._error: BaseException | None = None
         engine.km.on("acquire", self._on_acquire)
         engine.km.on("expire", self._on_expire)
@@ -105,28 +138,70 @@ class IkeDaemon:
         self.loop.close()
 
     async def _open(self) -> None:
-        ports = [(self.settings.port, False)]
-        if self.nat_socket is None:
-            ports.append((self.settings.nat_port, True))
-        family = socket.AF_INET6 if ":" in self.local else socket.AF_INET
+        """Two sockets per port in a SO_REUSEPORT group, the kernel choosing between them by
+        steering_program: IKE_SA_INIT requests to one, the rest to the other. Inside a
+        gateway whose UDP socket is shared (IPv4) our two join its group on its port and the
+        program, set on the gateway's socket, leaves ESP to the gateway and gives us the IKE,
+        so a flood of IKE never competes with ESP for the gateway's receive buffer (and
+        thread). Otherwise the gateway hands us its IKE through feed()."""
         try:
-            for port, marker in ports:
-                sock = socket.socket(family, socket.SOCK_DGRAM)
-                self._sockets[port] = sock
-                sock.setblocking(False)
-                sock.bind((self.local, port))
-                self.loop.add_reader(sock.fileno(), self._readable, sock, port, marker)
+            self._bind_pair(self.settings.port, False, 0, None)
+            if self.nat_socket is None:
+                self._bind_pair(self.settings.nat_port, True, 0, None)
+            elif self.nat_group:
+                try:
+                    self._bind_pair(self.settings.nat_port, True, self.nat_group, self.nat_socket)
+                    self.steered = True
+                except OSError as exc:
+                    log.warning("IKE on port %d stays with the gateway's socket (no SO_REUSEPORT steering: %s)",
+                                self.settings.nat_port, exc)
         except BaseException:
             self._close_sockets()
             raise
         self.ike.start()
 
+    def _bind_pair(self, port: int, marker: bool, base: int, group: socket.socket | None) -> None:
+        """Our two sockets on *port*, at indices base and base + 1 of its SO_REUSEPORT group;
+        *group*: a socket of the group already there (the gateway's), else we make the group.
+        The program is in place before a socket of ours joins, so no ESP ever lands on ours
+        (indices beyond the group fall back to the kernel's hash over the sockets there)."""
+        family = socket.AF_INET6 if ":" in self.local else socket.AF_INET
+        program = steering_program(marker, base, 0 if group is not None else base + _NEW)
+        pair: list[socket.socket] = []
+        try:
+            for _ in (_NEW, _ESTABLISHED):
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+                pair.append(sock)
+                sock.setblocking(False)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if group is not None and len(pair) == 1:
+                    _set_program(group, program)
+                sock.bind((self.local, port))
+                if group is None and len(pair) == 1:
+                    _set_program(sock, program)
+        except BaseException:
+            for sock in pair:
+                sock.close()
+            if group is not None:
+                with contextlib.suppress(OSError):
+                    group.setsockopt(socket.SOL_SOCKET, SO_DETACH_REUSEPORT_BPF, 0)
+            raise
+        self._sockets[port] = pair
+        for sock in reversed(pair):         # established first: the loop polls in this order
+            self.loop.add_reader(sock.fileno(), self._readable, sock, port, marker)
+
     def _close_sockets(self) -> None:
-        for sock in self._sockets.values():
-            if self.loop is not None and not self.loop.is_closed() and sock.fileno() >= 0:
-                self.loop.remove_reader(sock.fileno())
-            sock.close()
+        for pair in self._sockets.values():
+            for sock in pair:
+                if self.loop is not None and not self.loop.is_closed() and sock.fileno() >= 0:
+                    self.loop.remove_reader(sock.fileno())
+                sock.close()
         self._sockets.clear()
+        if self.steered:
+            # ours are gone: the program's indices now fall back to the hash over the gateway's
+            with contextlib.suppress(OSError):
+                self.nat_socket.setsockopt(socket.SOL_SOCKET, SO_DETACH_REUSEPORT_BPF, 0)
+            self.steered = False
 
     async def _ticks(self) -> None:
         while True:
@@ -196,7 +271,9 @@ class IkeDaemon:
     def receive(self, data: bytes, remote: tuple[str, int], local_port: int) -> None:
         """On the loop: one datagram to the protocol. The datagrams of one loop iteration share
         one engine table rebuild (the rebuild costs in proportion to all installed SAs: one per
-        handshake would make many handshakes at once cost the square of their number)."""
+        handshake would make many handshakes at once cost the square of their number). What
+        the protocol sends meanwhile waits for the rebuild: a response that announces a new
+        inbound SA must not reach the peer, which then sends on it, before the engine has it."""
         if self._batch is None:
             self._batch = contextlib.ExitStack()
             self._batch.enter_context(self.engine.changes())
@@ -205,17 +282,28 @@ class IkeDaemon:
 
     def _end_batch(self) -> None:
         batch, self._batch = self._batch, None
-        batch.close()
+        try:
+            batch.close()
+        finally:
+            out, self._outbox = self._outbox, []
+            for args in out:
+                self._transmit(*args)
 
     def _send(self, data: bytes, remote: tuple[str, int], local_port: int) -> None:
+        if self._batch is not None:
+            self._outbox.append((data, remote, local_port))      # at most what one drain's budget answers
+        else:
+            self._transmit(data, remote, local_port)
+
+    def _transmit(self, data: bytes, remote: tuple[str, int], local_port: int) -> None:
         """Never queues (an asyncio transport would buffer without bound behind a full socket)."""
         try:
             if local_port == self.settings.port:
-                self._sockets[self.settings.port].sendto(data, remote)
+                self._sockets[self.settings.port][_NEW].sendto(data, remote)
             elif self.nat_socket is not None:
-                self.nat_socket.sendto(NON_ESP_MARKER + data, remote, socket.MSG_DONTWAIT)
+                self.nat_socket.sendto(NON_ESP_MARKER + data, socket.MSG_DONTWAIT, remote)
             else:
-                self._sockets[self.settings.nat_port].sendto(NON_ESP_MARKER + data, remote)
+                self._sockets[self.settings.nat_port][_NEW].sendto(NON_ESP_MARKER + data, remote)
         except OSError as exc:
             self.counters["send_failed"] += 1
             self.quiet(logging.INFO, "send", "sending IKE to %s:%d: %s", remote[0], remote[1], exc)
