@@ -618,6 +618,9 @@ class Ike:
             self.quiet(logging.DEBUG, "malformed", "from %s:%d: %s", remote[0], remote[1], exc)
             return
         h = msg.header
+        if h.spi_i == ZERO_SPI:
+            self.stats["malformed"] += 1                # RFC 7296 3.1: the initiator's SPI is never zero
+            return
         if h.exchange_type == ExchangeType.IKE_SA_INIT:
             if h.response:
                 self._init_response(msg, data, remote)

@@ -138,4 +138,4 @@ class QuietLog:
         held = self._held.pop(reason, 0)
         if held:
             msg, args = msg + " (and %d more like it, not logged)", (*args, held)
-        self.logger.log(level, msg, *args)
+        self.logger.log(level, msg, *args, stacklevel=2)
