@@ -203,7 +203,7 @@ def test_half_open_limit_per_address_past_the_cookie():
     _, first, _, _ = p.wire.popleft()
     msg = Message.decode(first)
     limit = ikesa.HALF_OPEN_PER_ADDRESS
-    for i in range(limit + 50):
+    for i in range(1, limit + 51):
         h = dataclasses.replace(msg.header, spi_i=i.to_bytes(8, "big"))
         p.b.ike.receive(Message(h, msg.payloads).encode(), ("198.51.100.7", 500), 500)
     assert len(p.b.ike.half_open) == limit and p.b.ike.stats["half_open_full"] == 50
@@ -222,9 +222,9 @@ def test_half_open_limit_in_all(monkeypatch):
     p.a.ike.initiate("a-to-b")
     _, first, _, _ = p.wire.popleft()
     msg = Message.decode(first)
-    for i in range(100):
+    for i in range(1, 101):
         h = dataclasses.replace(msg.header, spi_i=i.to_bytes(8, "big"))
-        p.b.ike.receive(Message(h, msg.payloads).encode(), (f"198.51.100.{i + 1}", 500), 500)
+        p.b.ike.receive(Message(h, msg.payloads).encode(), (f"198.51.100.{i}", 500), 500)
     assert len(p.b.ike.half_open) == 20 and p.b.ike.stats["half_open_full"] == 80
 
 
@@ -249,7 +249,7 @@ def test_a_remote_flood_of_bad_proposals_logs_a_few_lines(caplog):
     _, first, _, _ = p.wire.popleft()
     msg = Message.decode(first)
     with caplog.at_level(logging.INFO, logger="ipsp.ike"):
-        for i in range(500):
+        for i in range(1, 501):
             h = dataclasses.replace(msg.header, spi_i=i.to_bytes(8, "big"))
             p.b.ike.receive(Message(h, msg.payloads).encode(), ("198.51.100.7", 500), 500)
     assert p.b.ike.stats["no_proposal"] == 500

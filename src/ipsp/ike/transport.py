@@ -131,11 +131,11 @@ class IkeDaemon:
         self._ready.set()
         ticker = self.loop.create_task(self._ticks())
         self.loop.run_forever()
-        if self._batch is not None:       # stopped within a batch: its changes and sends complete here
-            self._end_batch()
         ticker.cancel()
         with contextlib.suppress(BaseException):
             self.loop.run_until_complete(ticker)
+        if self._batch is not None:       # stopped within a batch: its changes and sends complete here
+            self._end_batch()
         self._close_sockets()
         self.loop.close()
 
