@@ -19,7 +19,8 @@ from ipsp.engine import Engine
 from ipsp.ike import ikesa
 from ipsp.ike.config import IkeSettings
 from ipsp.ike.intake import ESTABLISHED, NEW, Intake, QuietLog
-from ipsp.ike.message import ExchangeType, Header, Message
+from ipsp.ike.message import KE, SA, ExchangeType, Header, Message, Nonce
+from ipsp.ike.proposals import parse_ike
 from ipsp.ike.transport import NON_ESP_MARKER, IkeDaemon, steering_program
 
 from ike_loop import Pair
@@ -192,6 +193,39 @@ def test_ike_on_a_shared_port_goes_to_the_daemon_esp_stays_with_the_gateway():
             s.close()
 
 
+def test_what_a_batch_sends_leaves_after_its_engine_table_rebuild():
+    """A response (here to IKE_SA_INIT; in a rekey, one announcing a new inbound SA) is held
+    while the datagrams of its batch are handled and leaves once the engine's table is
+    rebuilt: the peer cannot send on an SA before the engine has it."""
+    port = free_ports(2)
+    d = daemon("b", "a", "127.0.0.1", "127.0.0.2", port, start="none")
+    d.start()
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    peer.setblocking(False)
+    try:
+        proposal = parse_ike("aes128gcm16-prfsha256-x25519")
+        req = Message(Header(b"\7" * 8, bytes(8), ExchangeType.IKE_SA_INIT, 0, initiator=True),
+                      (SA((proposal.payload(1),)), KE(31, os.urandom(32)), Nonce(os.urandom(32)))).encode()
+
+        def inside():
+            d.receive(req, peer.getsockname(), port)
+            try:
+                peer.recv(65535)
+                left = True
+            except BlockingIOError:
+                left = False
+            return len(d._outbox), left
+
+        assert d.call(inside) == (1, False)
+        peer.settimeout(5)
+        reply = Message.decode(peer.recv(65535))
+        assert reply.header.response and reply.header.spi_i == b"\7" * 8
+    finally:
+        d.stop()
+        peer.close()
+
+
 # -- the protocol's own bounds -----------------------------------------------------------------------
 
 def test_half_open_limit_per_address_past_the_cookie():
@@ -214,6 +248,19 @@ def test_half_open_limit_per_address_past_the_cookie():
     p.a.ike.sas.clear()
     p.advance(p.b.ike.settings.half_open_timeout + 1)          # they time out and free the address
     assert not p.b.ike.half_open and not p.b.ike._half_open_from
+
+
+def test_cookies_on_the_nat_port_and_for_distinct_sources():
+    """RFC 7296 2.6 on 4500 as on 500: past the threshold, 5,000 IKE_SA_INIT from 5,000
+    addresses get cookies and make no state."""
+    p = Pair(b_settings=IkeSettings(cookie_threshold=5))
+    p.a.ike.initiate("a-to-b")
+    _, first, _, _ = p.wire.popleft()
+    msg = Message.decode(first)
+    for i in range(1, 5001):
+        h = dataclasses.replace(msg.header, spi_i=i.to_bytes(8, "big"))
+        p.b.ike.receive(Message(h, msg.payloads).encode(), (f"10.{i >> 8}.{i & 255}.1", 4500), 4500)
+    assert len(p.b.ike.half_open) == 5 and p.b.ike.stats["cookies_sent"] == 4995
 
 
 def test_half_open_limit_in_all(monkeypatch):
@@ -311,6 +358,9 @@ def test_fed_flood_is_bounded_and_rekeys_get_through():
         assert intake["queued_new"] + intake["dropped_new"] + intake["malformed"] >= fed[0]
         assert counters["received"] == intake["queued_new"] + intake["queued_established"]
         assert counters["ike_rekeyed"] == 1 and counters["child_rekeyed"] == 1   # b, the responder
+        text = b.prometheus()
+        assert f'ipsp_ike_intake_total{{outcome="dropped_new"}} {intake["dropped_new"]}' in text
+        assert 'ipsp_ike_intake_queue{queue="new"} 0' in text
     finally:
         stop.set()
         a.stop()
