@@ -117,6 +117,6 @@ def test_ike_flood_leaves_the_tunnel_rekeying_and_the_gateway_answering(sender, 
     print(json.dumps({"intake": intake, "ike": ike, "gateway_ike_received": st["gateway"]["ike_received"]}))
     # every IKE datagram is in exactly one place: queued (and then received by the protocol) or dropped
     arrived = intake["queued_established"] + intake["queued_new"]
-    assert ike["received"] == arrived, (ike, intake)
+    assert ike["received"] == arrived - intake["queue_established"] - intake["queue_new"], (ike, intake)
     assert intake["dropped_new"] > 0 and intake["dropped_established"] == 0, intake
     assert ike["cookies_sent"] > 0 and ike["integrity_failed"] == 0, ike
