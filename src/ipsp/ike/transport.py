@@ -2,10 +2,12 @@
 
 UDP 500 is the daemon's socket. UDP 4500 (NAT traversal, RFC 3948 and RFC 7296 2.23) carries
 both ESP and IKE; IKE there starts with the four-byte non-ESP marker. Inside ``ipsp gateway``
-the gateway owns the 4500 socket (its ESP data plane) and hands the daemon what carries the
-marker (:meth:`IkeDaemon.feed`); the daemon sends through the same socket, so its IKE and the
-ESP leave from one address and port, as the peer's NAT mapping needs. Standalone the daemon
-opens 4500 itself.
+the gateway owns the 4500 socket (its ESP data plane); where that socket is shared
+(SO_REUSEPORT, IPv4) the daemon's own sockets join it on the port and the kernel gives them
+the IKE (:func:`steering_program`), else the gateway hands the daemon what carries the
+marker (:meth:`IkeDaemon.feed`). The daemon sends through the gateway's socket, so its IKE
+and the ESP leave from one address and port, as the peer's NAT mapping needs. Standalone the
+daemon opens 4500 itself.
 
 Every datagram, from the daemon's own sockets or from the gateway, enters through one
 bounded :class:`ipsp.ike.intake.Intake`: messages of our IKE SAs are served before new
