@@ -19,7 +19,7 @@ from ipsp.engine import Engine
 from ipsp.ike import ikesa
 from ipsp.ike.config import IkeSettings
 from ipsp.ike.intake import ESTABLISHED, NEW, Intake, QuietLog
-from ipsp.ike.message import KE, SA, ExchangeType, Header, Message, Nonce
+from ipsp.ike.message import KE, SA, ExchangeType, Header, Message, Nonce, Notify, NotifyType
 from ipsp.ike.proposals import parse_ike
 from ipsp.ike.transport import NON_ESP_MARKER, IkeDaemon, steering_program
 
@@ -263,16 +263,28 @@ def test_cookies_on_the_nat_port_and_for_distinct_sources():
     assert len(p.b.ike.half_open) == 5 and p.b.ike.stats["cookies_sent"] == 4995
 
 
-def test_half_open_limit_in_all(monkeypatch):
+def test_half_open_limit_in_all_past_the_cookie(monkeypatch):
+    """However high cookie_threshold is set, cookies are asked from half the hard limit on;
+    initiators that return a valid cookie still stop at the limit (counted)."""
     monkeypatch.setattr(ikesa, "HALF_OPEN_LIMIT", 20)
     p = Pair(b_settings=IkeSettings(cookie_threshold=1 << 20))
     p.a.ike.initiate("a-to-b")
     _, first, _, _ = p.wire.popleft()
     msg = Message.decode(first)
+    nonce = next(x for x in msg.payloads if isinstance(x, Nonce)).data
+    b = p.b.ike
     for i in range(1, 101):
+        addr = f"198.51.100.{i}"
         h = dataclasses.replace(msg.header, spi_i=i.to_bytes(8, "big"))
-        p.b.ike.receive(Message(h, msg.payloads).encode(), (f"198.51.100.{i}", 500), 500)
-    assert len(p.b.ike.half_open) == 20 and p.b.ike.stats["half_open_full"] == 80
+        b.receive(Message(h, msg.payloads).encode(), (addr, 500), 500)
+    assert len(b.half_open) == 10 and b.stats["cookies_sent"] == 90
+    ver, secret = b._cookie_secrets[0]
+    for i in range(11, 101):                 # those 90 come back with their cookies
+        addr = f"198.51.100.{i}"
+        cookie = Notify(0, b"", NotifyType.COOKIE, b._cookie(ver, secret, nonce, addr, i.to_bytes(8, "big")))
+        h = dataclasses.replace(msg.header, spi_i=i.to_bytes(8, "big"))
+        b.receive(Message(h, (cookie, *msg.payloads)).encode(), (addr, 500), 500)
+    assert len(b.half_open) == 20 and b.stats["half_open_full"] == 80 and b.stats["cookies_refused"] == 0
 
 
 def test_log_lines_limited_per_reason(caplog):

@@ -78,7 +78,8 @@ _ERROR_MAX = 16383
 MAX_FRAGMENTS = 64                  # a reassembled message stays below 64 fragments (about 80 KB)
 # half-open responder IKE SAs (each holds a DH key and derived keys) at most, in all and from
 # one address, even for initiators that answer cookies: what a flood from addresses the
-# attacker really owns can make us hold (RFC 7296 2.6 leaves the bound to the implementation)
+# attacker really owns can make us hold (RFC 7296 2.6 leaves the bound to the implementation).
+# Cookies are asked from half the limit on, whatever cookie_threshold says.
 HALF_OPEN_LIMIT = 4096
 HALF_OPEN_PER_ADDRESS = 64
 # reqids for Child SAs beyond a connection's first (others with other selectors): above any
@@ -784,7 +785,9 @@ class Ike:
             self.stats["malformed"] += 1
             self._plain_reply(msg, remote, local_port, (Notify(0, b"", NotifyType.INVALID_SYNTAX),))
             return
-        if len(self.half_open) >= self.settings.cookie_threshold:
+        # cookies from half the hard limit on whatever the threshold: past the limit only
+        # initiators that proved their address could be refused, never everyone
+        if len(self.half_open) >= min(self.settings.cookie_threshold, HALF_OPEN_LIMIT // 2):
             cookie = n.get(NotifyType.COOKIE)
             if cookie is None or not self._cookie_ok(cookie.data, nonce.data, remote[0], h.spi_i):
                 # RFC 7296 2.6: no state until the initiator proves it receives at its address
