@@ -191,7 +191,7 @@ class IkeDaemon:
                     group.setsockopt(socket.SOL_SOCKET, SO_DETACH_REUSEPORT_BPF, 0)
             raise
         self._sockets[port] = pair
-        for sock in reversed(pair):         # established first: the loop polls in this order
+        for sock in pair:
             self.loop.add_reader(sock.fileno(), self._readable, sock, port, marker)
 
     def _close_sockets(self) -> None:
