@@ -49,6 +49,7 @@ READ_BURST = 256                   # datagrams read from one socket per wake-up
 SO_ATTACH_REUSEPORT_CBPF = 51      # Linux 4.5, <asm-generic/socket.h>
 SO_DETACH_REUSEPORT_BPF = 68       # Linux 5.3
 _NEW, _ESTABLISHED = 0, 1          # the order of a port's two sockets in its SO_REUSEPORT group
+SO_MEMINFO, _SK_MEMINFO_DROPS = 55, 8     # Linux: u32 sk_meminfo[], [8] datagrams the socket dropped
 
 
 def steering_program(marker: bool, base: int, other: int) -> bytes:
@@ -322,6 +323,16 @@ class IkeDaemon:
     async def _call(fn: Callable, *args):
         return fn(*args)
 
+    def _kernel_drops(self) -> dict[str, int]:
+        """What the kernel dropped on our sockets (receive buffer full) before we could read it."""
+        out = {"kernel_dropped_new": 0, "kernel_dropped_established": 0}
+        for pair in self._sockets.values():
+            for kind, sock in zip(("new", "established"), pair):
+                info = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 64)
+                if len(info) >= 4 * (_SK_MEMINFO_DROPS + 1):
+                    out[f"kernel_dropped_{kind}"] += struct.unpack_from("=I", info, 4 * _SK_MEMINFO_DROPS)[0]
+        return out
+
     def _on_acquire(self, event) -> None:
         if self.loop is not None and self.loop.is_running():
             self.loop.call_soon_threadsafe(self.ike.acquire, event.policy.reqid)
@@ -364,6 +375,7 @@ class IkeDaemon:
                                            "proposal": c.proposal.name, "state": c.state} for c in sa.children]}
                             for sa in self.ike.ike_sas()],
                 "counters": dict(self.ike.stats),
-                "intake": {**self.intake.stats(), **self.counters, "log_lines_suppressed": self.quiet.suppressed},
+                "intake": {**self.intake.stats(), **self.counters, **self._kernel_drops(),
+                           "log_lines_suppressed": self.quiet.suppressed},
             }
         return self.call(snapshot)
