@@ -226,6 +226,26 @@ def test_what_a_batch_sends_leaves_after_its_engine_table_rebuild():
         peer.close()
 
 
+def test_what_was_fed_before_the_loop_started_is_served():
+    """The gateway's receive thread starts before the IKE daemon: what it hands over early
+    waits in the intake and is served once the loop runs (and later datagrams still wake it)."""
+    port = free_ports(2)
+    d = daemon("b", "a", "127.0.0.1", "127.0.0.2", port, start="none")
+    assert d.feed(init_request(b"\5" * 8), ("198.51.100.7", 4500))
+    d.start()
+    try:
+        deadline = time.monotonic() + 5
+        while d.status()["counters"]["received"] < 1:
+            assert time.monotonic() < deadline, d.status()
+            time.sleep(0.02)
+        assert d.feed(init_request(b"\6" * 8), ("198.51.100.7", 4500))
+        while d.status()["counters"]["received"] < 2:
+            assert time.monotonic() < deadline, d.status()
+            time.sleep(0.02)
+    finally:
+        d.stop()
+
+
 # -- the protocol's own bounds -----------------------------------------------------------------------
 
 def test_half_open_limit_per_address_past_the_cookie():

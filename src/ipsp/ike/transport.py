@@ -133,6 +133,8 @@ class IkeDaemon:
             return
         self._ready.set()
         ticker = self.loop.create_task(self._ticks())
+        # what the gateway fed before the loop existed woke nobody: the first drain serves it
+        self.loop.call_soon(self._drain)
         self.loop.run_forever()
         ticker.cancel()
         with contextlib.suppress(BaseException):
