@@ -246,6 +246,35 @@ def test_what_was_fed_before_the_loop_started_is_served():
         d.stop()
 
 
+def test_a_datagram_whose_handling_fails_does_not_stop_the_intake(caplog):
+    """Fault injection: the protocol raises on one datagram (a bug); it is counted and
+    logged, and the datagrams after it are still served."""
+    port = free_ports(2)
+    d = daemon("b", "a", "127.0.0.1", "127.0.0.2", port, start="none")
+    real = d.ike.receive
+    poison = init_request(b"\x09" * 8)
+
+    def receive(data, remote, local_port):
+        if data == poison:
+            raise RuntimeError("a bug")
+        real(data, remote, local_port)
+
+    d.ike.receive = receive
+    d.start()
+    try:
+        with caplog.at_level(logging.ERROR, logger="ipsp.ike"):
+            d.feed(poison, ("198.51.100.7", 4500))
+            d.feed(init_request(b"\x08" * 8), ("198.51.100.7", 4500))
+            deadline = time.monotonic() + 5
+            while d.status()["counters"]["received"] < 1:
+                assert time.monotonic() < deadline, d.status()
+                time.sleep(0.02)
+        assert d.status()["intake"]["failed"] == 1
+        assert any("handling it failed" in r.getMessage() and r.exc_info for r in caplog.records)
+    finally:
+        d.stop()
+
+
 # -- the protocol's own bounds -----------------------------------------------------------------------
 
 def test_half_open_limit_per_address_past_the_cookie():

@@ -125,7 +125,7 @@ class QuietLog:
         self._held: dict[str, int] = {}
         self.suppressed = 0
 
-    def __call__(self, level: int, reason: str, msg: str, *args) -> None:
+    def __call__(self, level: int, reason: str, msg: str, *args, exc_info: bool = False) -> None:
         if not self.logger.isEnabledFor(level):
             return
         limit = self._limits.get(reason)
@@ -138,4 +138,4 @@ class QuietLog:
         held = self._held.pop(reason, 0)
         if held:
             msg, args = msg + " (and %d more like it, not logged)", (*args, held)
-        self.logger.log(level, msg, *args, stacklevel=2)
+        self.logger.log(level, msg, *args, exc_info=exc_info, stacklevel=2)

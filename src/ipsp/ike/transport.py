@@ -105,7 +105,7 @@ class IkeDaemon:
         self._sockets: dict[int, list[socket.socket]] = {}      # port -> [new, established]
         self.intake = Intake(self.ike.sas.__contains__, self._wake)
         self.quiet: QuietLog = self.ike.quiet
-        self.counters = dict.fromkeys(("not_ike", "send_failed"), 0)     # written on the loop only
+        self.counters = dict.fromkeys(("not_ike", "send_failed", "failed"), 0)     # written on the loop only
         self._ready = threading.Event()
         self._batch: contextlib.ExitStack | None = None
         self._outbox: list[tuple[bytes, tuple[str, int], int]] = []     # sends held until the batch ends
@@ -271,7 +271,12 @@ class IkeDaemon:
     def _drain(self) -> None:
         """On the loop: a budget of queued datagrams, then the rest in a later iteration."""
         for data, remote, local_port in self.intake.take():
-            self.receive(data, remote, local_port)
+            try:
+                self.receive(data, remote, local_port)
+            except Exception:           # a bug met by one datagram must not stop the intake
+                self.counters["failed"] += 1
+                self.quiet(logging.ERROR, "failed", "IKE message from %s:%d: handling it failed", remote[0],
+                           remote[1], exc_info=True)
         if self.intake.pending():
             self.loop.call_soon(self._drain)
 
