@@ -95,7 +95,7 @@ def test_ike_flood_leaves_the_tunnel_rekeying_and_the_gateway_answering(sender, 
     finally:
         watch.stop.set()
         watch.join(15)
-    print(f"flood: {sent}")
+    print(f"flood: {sent}\nping: {ping_out.strip().splitlines()[-1]}")
     print(f"gw2 RSS idle {idle >> 20} MiB, peak {max(watch.rss) >> 20} MiB; control answers: {len(watch.answers)}, "
           f"slowest {max(watch.answers):.3f} s")
     assert sent[0]["sent"] >= FLOOD_4500 and sent[1]["sent"] >= FLOOD_500
