@@ -5,6 +5,7 @@ half-open limits past the cookie; log lines from the network limited per reason;
 real sockets, a flood fed to a daemon from another thread while its peer rekeys."""
 
 import dataclasses
+import errno
 import logging
 import os
 import socket
@@ -273,6 +274,21 @@ def test_a_datagram_whose_handling_fails_does_not_stop_the_intake(caplog):
         assert any("handling it failed" in r.getMessage() and r.exc_info for r in caplog.records)
     finally:
         d.stop()
+
+
+def test_a_port_held_by_another_socket_is_refused_as_before():
+    """Our sockets share their port only with each other (and a gateway's): a second daemon,
+    or anything else on 500, makes start() fail with the bind error instead of joining."""
+    port = free_ports(2)
+    first = daemon("b", "a", "127.0.0.1", "127.0.0.2", port, start="none")
+    first.start()
+    try:
+        second = daemon("b", "a", "127.0.0.1", "127.0.0.2", port, start="none")
+        with pytest.raises(OSError) as e:
+            second.start()
+        assert e.value.errno == errno.EADDRINUSE
+    finally:
+        first.stop()
 
 
 # -- the protocol's own bounds -----------------------------------------------------------------------

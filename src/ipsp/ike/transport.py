@@ -174,6 +174,11 @@ class IkeDaemon:
         (indices beyond the group fall back to the kernel's hash over the sockets there)."""
         family = socket.AF_INET6 if ":" in self.local else socket.AF_INET
         program = steering_program(marker, base, 0 if group is not None else base + _NEW)
+        if group is None:
+            # SO_REUSEPORT would let us join whatever holds the port (another daemon of the
+            # same user): a plain bind first fails, as without it, if anything does
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.bind((self.local, port))
         pair: list[socket.socket] = []
         try:
             for _ in (_NEW, _ESTABLISHED):
