@@ -11,12 +11,15 @@ import struct
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import hostile
 from ipsp.config import GatewaySettings, config_from_document
 from ipsp.engine import Engine
 from ipsp.gateway import Gateway
 from ipsp.ike.config import IkeSettings
+from ipsp.ike.intake import Intake
 from ipsp.ike.ikesa import Ike
 from ipsp.ike.message import KE, SA, ExchangeType, Header, Message, Nonce, PayloadType
 from ipsp.ike.proposals import parse_ike
@@ -87,6 +90,19 @@ def test_protocol_counts_each_datagram_once(name, data):
     delta.pop("sent", None)
     assert sum(delta.get(k, 0) for k in OUTCOMES) == 1 and set(delta) <= set(OUTCOMES), delta
     assert not ike.half_open and not ike.sas, name     # none of these may leave state behind
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.binary(max_size=200),
+                 st.builds(lambda h, tail: h + tail, st.sampled_from([d for _, d in DATAGRAMS if len(d) < 2000]),
+                           st.binary(max_size=64))),
+       st.booleans())
+def test_intake_takes_or_counts_any_bytes_once(data, known):
+    intake = Intake(lambda spi: known, lambda: None)
+    before = sum(intake.counters.values())
+    assert intake.put(data, ("198.51.100.7", 500), 500) in (True, False)
+    assert sum(intake.counters.values()) == before + 1
+    assert len(list(intake.take())) == intake.counters["queued_new"] + intake.counters["queued_established"]
 
 
 def daemon(port: int, **kw) -> IkeDaemon:
