@@ -121,7 +121,7 @@ class Gateway:
         self._out = dict.fromkeys(("frag_needed_sent", "packet_too_big_sent", "rate_limited", "not_allowed",
                                    "no_source", "packets_fragmented", "fragments_made", "unfragmentable",
                                    "stale_slot", "bypass_unsent", "polls"), 0)
-        self._in = dict.fromkeys(("ike_dropped", "ike_received", "pmtu_reports", "emsgsize", "polls"), 0)
+        self._in = dict.fromkeys(("ike_dropped", "ike_received", "not_ike", "pmtu_reports", "emsgsize", "polls"), 0)
         self._main = dict.fromkeys(("keepalives_sent", "keepalive_errors"), 0)
         s = settings
         self.out_arena = _Arena(s.batch, _round(HEADROOM + s.tun_mtu + TAILROOM), HEADROOM)
@@ -386,7 +386,8 @@ class Gateway:
     def _ike_input(self, n: int) -> None:
         """The datagrams of this burst that carry the non-ESP marker (RFC 3948 2.2), to IKE:
         the engine marks them BYPASS (Engine.listen_udp has the port), so only those are looked
-        at, found by bytes.find, not a Python loop over the burst."""
+        at, found by bytes.find, not a Python loop over the burst. The daemon's intake takes
+        or drops each at once (bounded, counted there): this thread never waits for IKE."""
         a = self.in_arena
         for i in a.having(_BYPASS, n):
             p = a.packet(i)
@@ -397,6 +398,8 @@ class Gateway:
                 sport = int.from_bytes(p[header:header + 2], "big")
                 self._in["ike_received"] += 1
                 self.ike.feed(p[header + 12:], (src, sport))
+            else:
+                self._in["not_ike"] += 1            # in clear, but neither ESP nor IKE
 
     def _errqueue(self, sock: socket.socket) -> None:
         reports = netio.read_errqueue(sock.fileno(), self.io, local=True)
@@ -514,8 +517,10 @@ class Gateway:
             "fragments": {"packets_fragmented": out["packets_fragmented"], "fragments_made": out["fragments_made"],
                           "unfragmentable": out["unfragmentable"]},
             "keepalives_sent": self._main["keepalives_sent"],
-            "dropped": {"ike": self._in["ike_dropped"], "bypass_unsent": out["bypass_unsent"],
-                        "stale_slot": out["stale_slot"], "keepalive_errors": self._main["keepalive_errors"]},
+            "ike_received": self._in["ike_received"],
+            "dropped": {"ike": self._in["ike_dropped"], "not_ike": self._in["not_ike"],
+                        "bypass_unsent": out["bypass_unsent"], "stale_slot": out["stale_slot"],
+                        "keepalive_errors": self._main["keepalive_errors"]},
             "pmtu": {"initial": self.pmtu.initial, "reports": self._in["pmtu_reports"], "emsgsize": self._in["emsgsize"],
                      "lowered": self.pmtu.lowered()},
             "path_mtu": [{"spi": sa.spi, "dst": str(sa.dst), "path_mtu": sa.kernel.path_mtu,
@@ -616,7 +621,11 @@ def _ike_daemon(engine: Engine, cfg: Config, gateway: Gateway):
     if nat is None and any(c.encap for c in cfg.connections):
         raise ConfigError("connections with encap = true need gateway.outer = \"udp\"", path=cfg.path,
                           key="gateway.outer")
-    return IkeDaemon(engine, settings, cfg.connections, g.local, nat_socket=nat)
+    # the UDP socket and the DF socket share the port (SO_REUSEPORT, IPv4): the daemon's IKE
+    # sockets join them there and the kernel steers IKE to those (IkeDaemon._open)
+    group = [sock for sock in (gateway.sock, gateway.sock_df) if sock is not None] if g.local.version == 4 else []
+    return IkeDaemon(engine, settings, cfg.connections, g.local, nat_socket=nat,
+                     nat_group=len(group) if nat is not None else 0)
 
 
 def run_gateway(config_path: str, socket_path: str | None = None) -> int:

@@ -37,6 +37,7 @@ import logging
 import os
 import random
 import struct
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -49,6 +50,7 @@ from ipsp.ike import certs
 from ipsp.ike.config import Connection, IkeSettings
 from ipsp.ike.crypto import (DHGroup, IkeKeys, Prf, SKCipher, child_keymat, ike_keys, psk_auth, rekey_skeyseed,
                              sign, signed_octets, skeyseed, verify, SIGNATURE_HASHES, CryptoError, IntegrityError)
+from ipsp.ike.intake import QuietLog
 from ipsp.ike.message import (AUTH, CERT, CERTREQ, HEADER_LEN, KE, SA, SK, SKF, AuthMethod, Delete, ExchangeType,
                               Header,
                               IDi, IDr, MalformedMessage, Message, Nonce, Notify, NotifyType, Payload, ProtocolId,
@@ -74,6 +76,12 @@ _TS_TYPE = {4: TSType.TS_IPV4_ADDR_RANGE, 6: TSType.TS_IPV6_ADDR_RANGE}
 # notify types whose arrival in a response means the request failed (RFC 7296 3.10.1: 0..16383)
 _ERROR_MAX = 16383
 MAX_FRAGMENTS = 64                  # a reassembled message stays below 64 fragments (about 80 KB)
+# half-open responder IKE SAs (each holds a DH key and derived keys) at most, in all and from
+# one address, even for initiators that answer cookies: what a flood from addresses the
+# attacker really owns can make us hold (RFC 7296 2.6 leaves the bound to the implementation).
+# Cookies are asked from half the limit on, whatever cookie_threshold says.
+HALF_OPEN_LIMIT = 4096
+HALF_OPEN_PER_ADDRESS = 64
 # reqids for Child SAs beyond a connection's first (others with other selectors): above any
 # a configuration file assigns by default
 _DYNAMIC_REQID = 0x40000000
@@ -339,12 +347,14 @@ class Ike:
         self.rng = rng or random.SystemRandom()
         self.sas: dict[bytes, IkeSA] = {}
         self.half_open: dict[tuple[bytes, str], IkeSA] = {}        # responder: (SPIi, address)
+        self._half_open_from: Counter[str] = Counter()               # address -> its entries in half_open
         self.stats: dict[str, int] = dict.fromkeys((
             "received", "sent", "malformed", "integrity_failed", "unknown_spi", "unexpected", "retransmits",
             "responses_resent", "cookies_sent", "cookies_refused", "no_proposal", "invalid_ke", "auth_failed",
             "ts_unacceptable", "ike_established", "ike_rekeyed", "ike_deleted", "child_installed",
             "child_rekeyed", "child_deleted", "dead_peers", "temporary_failures", "half_open_created",
-            "fragments_received"), 0)
+            "half_open_full", "fragments_received"), 0)
+        self.quiet = QuietLog(log, clock=clock)
         self._cookie_secrets = [(0, os.urandom(32))]
         self._cookie_rotated = clock()
         self._policies: dict[tuple, tuple[list[Policy], int]] = {}
@@ -531,7 +541,7 @@ class Ike:
             self._cookie_rotated = now
         for key, sa in list(self.half_open.items()):
             if sa.state != "init" or now - sa.created > s.half_open_timeout:
-                del self.half_open[key]
+                self._forget_half_open(key)
                 if sa.state == "init":
                     self._destroy(sa, "half-open timeout")
         for sa in list(self.sas.values()):
@@ -602,13 +612,16 @@ class Ike:
             msg = Message.decode(data)
         except UnsupportedCriticalPayload as exc:
             self.stats["malformed"] += 1
-            log.info("from %s:%d: %s", remote[0], remote[1], exc)
+            self.quiet(logging.INFO, "critical", "from %s:%d: %s", remote[0], remote[1], exc)
             return
         except MalformedMessage as exc:
             self.stats["malformed"] += 1
-            log.debug("from %s:%d: %s", remote[0], remote[1], exc)
+            self.quiet(logging.DEBUG, "malformed", "from %s:%d: %s", remote[0], remote[1], exc)
             return
         h = msg.header
+        if h.spi_i == ZERO_SPI:
+            self.stats["malformed"] += 1                # RFC 7296 3.1: the initiator's SPI is never zero
+            return
         if h.exchange_type == ExchangeType.IKE_SA_INIT:
             if h.response:
                 self._init_response(msg, data, remote)
@@ -772,7 +785,9 @@ class Ike:
             self.stats["malformed"] += 1
             self._plain_reply(msg, remote, local_port, (Notify(0, b"", NotifyType.INVALID_SYNTAX),))
             return
-        if len(self.half_open) >= self.settings.cookie_threshold:
+        # cookies from half the hard limit on whatever the threshold: past the limit only
+        # initiators that proved their address could be refused, never everyone
+        if len(self.half_open) >= min(self.settings.cookie_threshold, HALF_OPEN_LIMIT // 2):
             cookie = n.get(NotifyType.COOKIE)
             if cookie is None or not self._cookie_ok(cookie.data, nonce.data, remote[0], h.spi_i):
                 # RFC 7296 2.6: no state until the initiator proves it receives at its address
@@ -782,18 +797,26 @@ class Ike:
                                   (Notify(0, b"", NotifyType.COOKIE,
                                           self._cookie(ver, secret, nonce.data, remote[0], h.spi_i)),))
                 return
+        if len(self.half_open) >= HALF_OPEN_LIMIT or self._half_open_from[remote[0]] >= HALF_OPEN_PER_ADDRESS:
+            # past the cookie: the initiator receives at its address, but holds too many already
+            self.stats["half_open_full"] += 1
+            self.quiet(logging.WARNING, "half_open_full", "IKE_SA_INIT from %s:%d: %d half-open IKE SAs, %d from "
+                       "this address: dropped", remote[0], remote[1], len(self.half_open),
+                       self._half_open_from[remote[0]])
+            return
         ours = tuple(dict.fromkeys(pr for c in self.connections.values() for pr in c.ike_proposals))
         try:
             chosen, accepted, group = choose_ike(sa_p.proposals, ours)
         except NoProposalChosen as exc:
             self.stats["no_proposal"] += 1
-            log.warning("IKE_SA_INIT from %s:%d: %s: NO_PROPOSAL_CHOSEN", remote[0], remote[1], exc)
+            self.quiet(logging.WARNING, "no_proposal", "IKE_SA_INIT from %s:%d: %s: NO_PROPOSAL_CHOSEN",
+                       remote[0], remote[1], exc)
             self._plain_reply(msg, remote, local_port, (Notify(0, b"", NotifyType.NO_PROPOSAL_CHOSEN),))
             return
         if ke.group != group:
             self.stats["invalid_ke"] += 1
-            log.info("IKE_SA_INIT from %s:%d: KE for group %d, we want %d: INVALID_KE_PAYLOAD",
-                     remote[0], remote[1], ke.group, group)
+            self.quiet(logging.INFO, "invalid_ke", "IKE_SA_INIT from %s:%d: KE for group %d, we want %d: "
+                       "INVALID_KE_PAYLOAD", remote[0], remote[1], ke.group, group)
             self._plain_reply(msg, remote, local_port,
                               (Notify(0, b"", NotifyType.INVALID_KE_PAYLOAD, struct.pack("!H", group)),))
             return
@@ -802,7 +825,7 @@ class Ike:
             shared = dh.exchange(ke.data)
         except CryptoError as exc:
             self.stats["malformed"] += 1
-            log.info("IKE_SA_INIT from %s:%d: bad KE: %s", remote[0], remote[1], exc)
+            self.quiet(logging.INFO, "bad_ke", "IKE_SA_INIT from %s:%d: bad KE: %s", remote[0], remote[1], exc)
             self._plain_reply(msg, remote, local_port, (Notify(0, b"", NotifyType.INVALID_SYNTAX),))
             return
         sa = IkeSA(self, initiator=False, spi_i=h.spi_i, spi_r=os.urandom(8), remote=remote,
@@ -826,8 +849,15 @@ class Ike:
         sa.mid_in = 1
         self.sas[sa.spi_r] = sa
         self.half_open[key] = sa
+        self._half_open_from[remote[0]] += 1
         self.stats["half_open_created"] += 1
         self.transmit(sa, [sa.init_response])
+
+    def _forget_half_open(self, key: tuple[bytes, str]) -> None:
+        if self.half_open.pop(key, None) is not None:
+            self._half_open_from[key[1]] -= 1
+            if not self._half_open_from[key[1]]:
+                del self._half_open_from[key[1]]
 
     def _init_response(self, msg: Message, data: bytes, remote: tuple[str, int]) -> None:
         h = msg.header
@@ -1025,7 +1055,7 @@ class Ike:
         if sa.initiator or sa.state != "init":
             sa.respond(h.exchange_type, h.message_id, (Notify(0, b"", NotifyType.INVALID_SYNTAX),))
             return
-        self.half_open.pop((sa.spi_i, sa.remote[0]), None)
+        self._forget_half_open((sa.spi_i, sa.remote[0]))
         idi = _one(payloads, IDi)
         try:
             if idi is None:
@@ -1384,7 +1414,7 @@ class Ike:
         sa.pending = None
         sa.queue.clear()
         self.sas.pop(sa.spi, None)
-        self.half_open.pop((sa.spi_i, sa.remote[0]), None)
+        self._forget_half_open((sa.spi_i, sa.remote[0]))
         for child in list(sa.children):
             self._remove_child(child, sa)
         if sa.keys is not None:
