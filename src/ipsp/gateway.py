@@ -522,7 +522,7 @@ class Gateway:
                         "bypass_unsent": out["bypass_unsent"], "stale_slot": out["stale_slot"],
                         "keepalive_errors": self._main["keepalive_errors"]},
             "pmtu": {"initial": self.pmtu.initial, "reports": self._in["pmtu_reports"], "emsgsize": self._in["emsgsize"],
-                     "lowered": self.pmtu.lowered()},
+                     "evicted": self.pmtu.evicted, "lowered": self.pmtu.lowered()},
             "path_mtu": [{"spi": sa.spi, "dst": str(sa.dst), "path_mtu": sa.kernel.path_mtu,
                           "max_inner": sa.kernel.max_inner(sa.kernel.path_mtu) if sa.kernel.path_mtu else None,
                           "fragment": sa.config.fragment} for sa in self._outbound_sas()],

@@ -32,10 +32,11 @@ from typing import Callable
 from ipsp.gen import internet_checksum
 
 __all__ = ["PathMTU", "RateLimit", "frag_needed", "packet_too_big", "fragment4", "parse_frag_needed",
-           "MIN_MTU", "PMTU_AGE"]
+           "MIN_MTU", "PMTU_AGE", "PMTU_PEERS"]
 
 MIN_MTU = {4: 576, 6: 1280}       # RFC 1122 3.3.3 (what every IPv4 host reassembles); RFC 8200 5
 PMTU_AGE = 600.0                  # seconds before a lowered estimate is tried again (RFC 1191 6.3)
+PMTU_PEERS = 4096                 # estimates kept at most (PathMTU's docstring says why)
 ICMP_QUOTE_LIMIT = 576            # RFC 1812 4.3.2.3: the whole ICMP error within 576 bytes
 ICMPV6_QUOTE_LIMIT = 1280         # RFC 4443 2.4 (c): within the minimum IPv6 MTU
 _IPV4_ICMP_ERRORS = {3, 4, 5, 11, 12}     # RFC 792; RFC 1122 3.2.2: never an error about these
@@ -48,16 +49,26 @@ _ids = itertools.count(int.from_bytes(os.urandom(2), "big"))
 
 class PathMTU:
     """Path MTU estimates per peer address. Thread-safe: a receive thread reports, a timer
-    ages, the send path reads."""
+    ages, the send path reads.
 
-    def __init__(self, initial: int, *, clock: Callable[[], float] = time.monotonic, age: float = PMTU_AGE):
+    The reports come off the network unauthenticated (RFC 4301 8.2.1 leaves that to local
+    policy), so at most *limit* peers are remembered: a forged report naming a new address
+    each time would otherwise grow the table until the next aging. When it is full, the
+    estimate lowered longest ago goes (``evicted``): at worst that peer's next large packet
+    draws a fresh ICMP report and the estimate is learned again."""
+
+    def __init__(self, initial: int, *, clock: Callable[[], float] = time.monotonic, age: float = PMTU_AGE,
+                 limit: int = PMTU_PEERS):
         self.initial = initial
         self.age = age
+        self.limit = limit
         self._clock = clock
-        self._lowered: dict[str, tuple[int, float]] = {}     # peer -> (mtu, when)
+        # peer -> (mtu, when), oldest first: a report re-inserts its peer at the end
+        self._lowered: dict[str, tuple[int, float]] = {}
         self._lock = threading.Lock()
         self.reports = 0           # reports taken (they lowered an estimate)
         self.ignored = 0           # reports that did not: higher than the estimate
+        self.evicted = 0           # estimates forgotten early, to make room (see above)
 
     def get(self, peer) -> int:
         with self._lock:
@@ -76,6 +87,9 @@ class PathMTU:
             if mtu >= min(current, self.initial):
                 self.ignored += 1
                 return False
+            if self._lowered.pop(key, None) is None and len(self._lowered) >= self.limit:
+                del self._lowered[next(iter(self._lowered))]
+                self.evicted += 1
             self._lowered[key] = (mtu, self._clock())
             self.reports += 1
             return True

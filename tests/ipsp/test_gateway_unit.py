@@ -171,6 +171,19 @@ def test_path_mtu_estimates():
     assert p.get("192.0.2.2") == 1400 and not p.report("192.0.2.2", 1400)
 
 
+def test_forged_reports_naming_new_peers_keep_the_table_bounded():
+    # ICMP reports are unauthenticated: one naming a fresh address each time must not grow the
+    # table without bound; the estimate lowered longest ago makes room, a refreshed one stays
+    p = PathMTU(1500, limit=64)
+    assert p.report("192.0.2.2", 1400)
+    for i in range(10_000):
+        p.report(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 1300)
+        if i % 32 == 0:
+            p.report("192.0.2.2", 1400 - 1 - i // 32)     # still being reported: kept
+    assert len(p.lowered()) == 64 and p.evicted == 10_001 - 64
+    assert p.get("192.0.2.2") < 1400 and p.get("10.0.0.0") == 1500
+
+
 def test_rate_limit():
     now = [0.0]
     r = RateLimit(rate=10, burst=3, clock=lambda: now[0])
