@@ -19,7 +19,7 @@ from libc.string cimport memcpy, memset
 from fastpath._include.compat cimport fp_load_be16, fp_load_be32, fp_atomic_add
 from fastpath.classify cimport (Classifier, flow_key_t, rule_t, parse_key, rule_matches,
                                 compile_rules, CLASS_NONE_C, CLASS_UNPARSEABLE_C)
-from fastpath.sa cimport SAState, acquire_array, batch_bufs_t, batch_take, batch_release, batch_check_places
+from fastpath.sa cimport SAState, acquire_array, batch_bufs_t, batch_take, batch_release, batch_check_places, batch_apart
 from fastpath.state cimport sa_t
 from fastpath.status cimport Status, N_STATUS
 from fastpath.wire cimport *
@@ -415,6 +415,7 @@ cdef class EngineCore:
             if slots is not None:
                 acquire_array(slots, &vx, 4, b"iil", "slots")
                 have_slots = True
+                batch_apart(&b, &vx, "slots")
                 if vx.len // 4 < b.n:
                     raise ValueError(f"slots holds {vx.len // 4} entries for {b.n} packets")
                 slot_out = <int32_t *>vx.buf

@@ -33,7 +33,7 @@ from libc.string cimport memcpy, memset
 
 from fastpath._include.compat cimport (fp_load_be16, fp_load_be32, fp_store_be16, fp_ipv4_csum, fp_atomic_add,
                                        fp_csum_add, fp_csum_fold)
-from fastpath.sa cimport acquire_array, batch_bufs_t, batch_take, batch_release
+from fastpath.sa cimport batch_bufs_t, batch_take, batch_release, check_places
 from fastpath.wire cimport *
 
 import os as _os
@@ -282,16 +282,6 @@ cdef int _take_status(object status, Py_buffer *view, Py_ssize_t n) except -1:
     return 0
 
 
-cdef int _check_places(batch_bufs_t *a, const uint8_t *status, const uint8_t *table) except -1:
-    # every packet that will be sent or written must lie inside the buffer
-    cdef Py_ssize_t i
-    for i in range(a.n):
-        if table[status[i]] and (a.off[i] < 0 or a.off[i] > a.size or a.lens[i] > a.size - a.off[i]):
-            raise ValueError(f"packet {i} (offset {a.off[i]}, length {a.lens[i]}) is not inside the "
-                             f"{a.size}-byte buffer")
-    return 0
-
-
 # -- TUN -----------------------------------------------------------------------------------------
 
 cdef inline bint _link_scoped(const uint8_t *p, ssize_t n) noexcept nogil:
@@ -460,9 +450,12 @@ def tun_read_burst(int fd, buf, offsets, lengths, Py_ssize_t stride, Py_ssize_t 
     cdef uint8_t *slot
     cdef size_t hlen = 0
     cdef bint own = False
-    batch_take(&a, buf, offsets, lengths, None)
+    batch_take(&a, buf, offsets, lengths, None, True)
     try:
         _check_slots(&a, stride, headroom, max_n, 0)
+        if max_n == 0:
+            # nothing to read; and the slots, unchecked against the buffer, size no scratch
+            return 0
         if vnet:
             if scratch is None:
                 scratch, own = TunScratch(), True
@@ -557,11 +550,11 @@ def tun_write_burst(int fd, buf, offsets, lengths, status, ok_statuses, IOStats 
     cdef iovec iov[2]
     memset(hdr, 0, VNET_HDR_LEN)
     _selection(ok_statuses, table)
-    batch_take(&a, buf, offsets, lengths, None)
+    batch_take(&a, buf, offsets, lengths, None, True)
     try:
         _take_status(status, &sv, a.n)
         try:
-            _check_places(&a, <const uint8_t *>sv.buf, table)
+            check_places(a.size, a.off, a.lens, 0, NULL, a.n, <const uint8_t *>sv.buf, table)
             with nogil:
                 for i in range(a.n):
                     if not table[(<const uint8_t *>sv.buf)[i]]:
@@ -704,7 +697,7 @@ cdef Py_ssize_t _recv_burst(int fd, object buf, object offsets, object lengths, 
     else:
         kind = SYNTH_IP6 if v6 else SYNTH_NONE
         hdr = IPV6_HDR_LEN if v6 else 0
-    batch_take(&a, buf, offsets, lengths, None)
+    batch_take(&a, buf, offsets, lengths, None, True)
     try:
         _check_slots(&a, stride, headroom, max_n, hdr)
         vlen = min(max_n, MAX_MMSG)
@@ -865,12 +858,12 @@ cdef Py_ssize_t _send_burst(int fd, object buf, object offsets, object lengths, 
     cdef cmsghdr *c
     cdef pollfd pfd
     _selection(ok_statuses, table)
-    batch_take(&a, buf, offsets, lengths, None)
+    batch_take(&a, buf, offsets, lengths, None, True)
     try:
         _take_status(status, &sv, a.n)
         try:
             st = <const uint8_t *>sv.buf
-            _check_places(&a, st, table)
+            check_places(a.size, a.off, a.lens, 0, NULL, a.n, st, table)
             for i in range(a.n):
                 count += table[st[i]]
             if count == 0:
