@@ -19,7 +19,8 @@ from libc.string cimport memcpy, memset
 from fastpath._include.compat cimport fp_load_be16, fp_load_be32, fp_atomic_add
 from fastpath.classify cimport (Classifier, flow_key_t, rule_t, parse_key, rule_matches,
                                 compile_rules, CLASS_NONE_C, CLASS_UNPARSEABLE_C)
-from fastpath.sa cimport SAState, acquire_array, batch_bufs_t, batch_take, batch_release, batch_check_places, batch_apart
+from fastpath.sa cimport (SAState, acquire_array, batch_bufs_t, batch_take, batch_release, batch_check_places,
+                          batch_apart, batch_stride)
 from fastpath.state cimport sa_t
 from fastpath.status cimport Status, N_STATUS
 from fastpath.wire cimport *
@@ -384,14 +385,12 @@ cdef class EngineCore:
         return {"out": {_Status(k).name: self.out_count[k] for k in range(N_STATUS) if self.out_count[k]},
                 "in": {_Status(k).name: self.in_count[k] for k in range(N_STATUS) if self.in_count[k]}}
 
-    def outbound(self, buf, offsets, lengths, status, Py_ssize_t stride, *, slots=None):
+    def outbound(self, buf, offsets, lengths, status, stride, *, slots=None):
         """Apply the outbound SPD to a batch laid out as for SAState.encap_batch (packet i in
         slot i of *stride* bytes) and encapsulate what it protects, in place. status[i] gets
         OK (encapsulated), BYPASS (send unchanged) or why it was dropped; slots[i] (int32,
         optional) the SA slot used or -1. Returns the number encapsulated."""
-        if stride <= 0:
-            raise ValueError(f"stride must be positive, got {stride}")
-        return self._run(buf, offsets, lengths, status, stride, slots, True)
+        return self._run(buf, offsets, lengths, status, batch_stride(stride), slots, True)
 
     def inbound(self, buf, offsets, lengths, status, *, slots=None):
         """Process arriving IP packets: ESP is matched to its SA, decapsulated in place and

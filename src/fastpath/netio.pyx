@@ -33,7 +33,7 @@ from libc.string cimport memcpy, memset
 
 from fastpath._include.compat cimport (fp_load_be16, fp_load_be32, fp_store_be16, fp_ipv4_csum, fp_atomic_add,
                                        fp_csum_add, fp_csum_fold)
-from fastpath.sa cimport batch_bufs_t, batch_take, batch_release, check_places
+from fastpath.sa cimport as_ssize, batch_bufs_t, batch_take, batch_release, check_places
 from fastpath.wire cimport *
 
 import os as _os
@@ -423,8 +423,8 @@ cdef void _gso_split(const uint8_t *p, ssize_t n, const uint8_t *h, size_t hlen,
         lens[first + j] = <uint32_t>(hlen + plen)
 
 
-def tun_read_burst(int fd, buf, offsets, lengths, Py_ssize_t stride, Py_ssize_t headroom,
-                   Py_ssize_t max_n, IOStats stats=None, bint vnet=False, TunScratch scratch=None):
+def tun_read_burst(int fd, buf, offsets, lengths, stride_, headroom_, max_n_, IOStats stats=None,
+                   bint vnet=False, TunScratch scratch=None):
     """Read packets from a non-blocking TUN descriptor until it has none left (EAGAIN) or
     max_n were read: packet i into slot i at *headroom*, offsets[i] and lengths[i] set.
     Returns how many. A packet that fills its slot's whole room may have been cut short by
@@ -439,8 +439,10 @@ def tun_read_burst(int fd, buf, offsets, lengths, Py_ssize_t stride, Py_ssize_t 
     kept there and split first by the next call; without one, or if it could not fit even
     max_n slots, or if its header is malformed, it is dropped and counted in tun_read's
     "dropped"."""
+    cdef Py_ssize_t stride = as_ssize(stride_, "stride"), headroom = as_ssize(headroom_, "headroom")
+    cdef Py_ssize_t max_n = as_ssize(max_n_, "max_n")
     cdef batch_bufs_t a
-    cdef Py_ssize_t i = 0, cap = stride - headroom
+    cdef Py_ssize_t i = 0, cap
     cdef ssize_t r
     cdef int err = 0, k, gso_type
     cdef uint64_t calls = 0, dropped = 0
@@ -456,6 +458,7 @@ def tun_read_burst(int fd, buf, offsets, lengths, Py_ssize_t stride, Py_ssize_t 
         if max_n == 0:
             # nothing to read; and the slots, unchecked against the buffer, size no scratch
             return 0
+        cap = stride - headroom
         if vnet:
             if scratch is None:
                 scratch, own = TunScratch(), True
@@ -671,12 +674,15 @@ cdef void _synth_header(uint8_t *h, int kind, bint v6, const sockaddr_in6 *src, 
     fp_store_be16(h + hl + 6, 0)
 
 
-cdef Py_ssize_t _recv_burst(int fd, object buf, object offsets, object lengths, Py_ssize_t stride,
-                            Py_ssize_t headroom, Py_ssize_t max_n, object local, int port, int kind,
+cdef Py_ssize_t _recv_burst(int fd, object buf, object offsets, object lengths, object stride_,
+                            object headroom_, object max_n_, object local, object port_, int kind,
                             IOStats stats) except -1:
+    cdef Py_ssize_t stride = as_ssize(stride_, "stride"), headroom = as_ssize(headroom_, "headroom")
+    cdef Py_ssize_t max_n = as_ssize(max_n_, "max_n")
     cdef batch_bufs_t a
     cdef mmsg_t m
-    cdef bytes loc = bytes(local)
+    # address bytes only: bytes() of an integer would allocate that many zero bytes
+    cdef bytes loc = bytes(memoryview(local))
     cdef bint v6 = len(loc) == 16
     cdef uint8_t local_addr[16]
     cdef Py_ssize_t hdr, i, k, got = 0, vlen
@@ -688,8 +694,9 @@ cdef Py_ssize_t _recv_burst(int fd, object buf, object offsets, object lengths, 
     cdef uint8_t *p
     if len(loc) not in (4, 16):
         raise ValueError(f"local must be an IPv4 or IPv6 address (4 or 16 bytes), got {len(loc)}")
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port must be 0..65535, got {port}")
+    if not 0 <= port_ <= 65535:
+        raise ValueError(f"port must be 0..65535, got {port_}")
+    cdef int port = port_
     memset(local_addr, 0, 16)
     memcpy(local_addr, <const char *>loc, len(loc))
     if kind == SYNTH_UDP:
@@ -759,8 +766,8 @@ cdef Py_ssize_t _recv_burst(int fd, object buf, object offsets, object lengths, 
     return got
 
 
-def udp_recv_burst(int sockfd, buf, offsets, lengths, Py_ssize_t stride, Py_ssize_t headroom,
-                   Py_ssize_t max_n, local, int port, IOStats stats=None):
+def udp_recv_burst(int sockfd, buf, offsets, lengths, stride, headroom, max_n, local, port,
+                   IOStats stats=None):
     """ONE recvmmsg() (non-blocking) for up to max_n ESP-in-UDP datagrams, datagram k at
     ``k * stride + headroom + 28`` (IPv6: + 48) with a synthetic IPv4 (IPv6) and UDP header
     in front of it: source the sender's address and port, destination *local* (the address
@@ -772,8 +779,8 @@ def udp_recv_burst(int sockfd, buf, offsets, lengths, Py_ssize_t stride, Py_ssiz
     return _recv_burst(sockfd, buf, offsets, lengths, stride, headroom, max_n, local, port, SYNTH_UDP, stats)
 
 
-def esp_recv_burst(int sockfd, buf, offsets, lengths, Py_ssize_t stride, Py_ssize_t headroom,
-                   Py_ssize_t max_n, local, IOStats stats=None):
+def esp_recv_burst(int sockfd, buf, offsets, lengths, stride, headroom, max_n, local,
+                   IOStats stats=None):
     """ONE recvmmsg() for up to max_n packets of a raw IP protocol 50 socket. IPv4 raw
     sockets deliver whole, reassembled packets: they are fed as they are. IPv6 raw sockets
     deliver the payload: it gets a synthetic IPv6 header (40 bytes) as udp_recv_burst does.

@@ -45,6 +45,10 @@ ctypedef struct batch_bufs_t:
     uint32_t *lens
     uint8_t *status
 
+# size arguments: past 64 bits a ValueError; a stride must be positive
+cdef Py_ssize_t as_ssize(object value, str what) except? -1
+cdef Py_ssize_t batch_stride(object stride) except -1
+
 # status may be None only with status_optional (the I/O calls, which write no status)
 cdef int batch_take(batch_bufs_t *b, object buf, object offsets, object lengths,
                     object status, bint status_optional=*) except -1

@@ -446,7 +446,7 @@ cdef class SAState:
         PyThread_release_lock(self._lock)
         return ok
 
-    def encap_batch(self, buf, offsets, lengths, status, Py_ssize_t stride, *, indices=None):
+    def encap_batch(self, buf, offsets, lengths, status, stride, *, indices=None):
         """Encapsulate packets in place. Packet i is buf[offsets[i] : offsets[i] + lengths[i]]
         and must lie in slot i, buf[i * stride : (i + 1) * stride]: headers are written in
         front of it (``headroom`` bytes) and the trailer and ICV after it (up to ``tailroom``).
@@ -454,9 +454,7 @@ cdef class SAState:
         (uint8) gets each packet's Status. With indices (a uint32 array of distinct packet
         numbers) only those packets are processed and only their entries change. Returns the
         number of packets that succeeded."""
-        if stride <= 0:
-            raise ValueError(f"stride must be positive, got {stride}")
-        return self._batch(buf, offsets, lengths, status, stride, True, indices)
+        return self._batch(buf, offsets, lengths, status, batch_stride(stride), True, indices)
 
     def decap_batch(self, buf, offsets, lengths, status, *, bint verify=True, indices=None):
         """Decapsulate packets in place: packet i is buf[offsets[i] : offsets[i] + lengths[i]];
@@ -513,6 +511,22 @@ cdef class SAState:
         if stride:
             return self.encap_burst_c(buf, buflen, off, lens, status, n, stride, idx)
         return self.decap_burst_c(buf, buflen, off, lens, status, n, verify, idx)
+
+
+cdef Py_ssize_t as_ssize(object value, str what) except? -1:
+    """A size argument as a C size; an integer past 64 bits is a ValueError like any other
+    bad size (a conversion's OverflowError is not), a non-integer a TypeError."""
+    try:
+        return value
+    except OverflowError:
+        raise ValueError(f"{what} does not fit a 64-bit size") from None
+
+
+cdef Py_ssize_t batch_stride(object stride) except -1:
+    cdef Py_ssize_t s = as_ssize(stride, "stride")
+    if s <= 0:
+        raise ValueError(f"stride must be positive, got {s}")
+    return s
 
 
 cdef int batch_take(batch_bufs_t *b, object buf, object offsets, object lengths,

@@ -41,7 +41,7 @@ from fastpath.esp_in cimport decap_prepare, decap_finish
 from fastpath.esp_out cimport encap_prepare, encap_finish, slot_end, CHUNK, PREFETCH_AHEAD
 from fastpath.replay cimport replay_check, replay_update
 from fastpath.sa cimport (SAState, batch_bufs_t, batch_take, batch_release, batch_check_places, batch_apart,
-                          check_apart, acquire_array)
+                          batch_stride, check_apart, acquire_array)
 from fastpath.state cimport sa_t, pkt_meta_t
 from fastpath.status cimport Status
 
@@ -351,21 +351,20 @@ def finish_open(SAState sa not None, Ops ops not None):
 
 # ---------------------------------------------------------------------------- outbound
 
-def prepare_seal(SAState sa not None, buf, offsets, lengths, status, Py_ssize_t stride):
+def prepare_seal(SAState sa not None, buf, offsets, lengths, status, stride):
     """encap's prepare over a batch (slots of stride bytes, as encap_batch): takes the
     sequence numbers and lays each packet out in place, keeping the crypto operations for
     seal_batch. status[i] gets the prepare's Status."""
-    if stride <= 0:
-        raise ValueError(f"stride must be positive, got {stride}")
-    cdef Ops o = _new_ops(sa, KIND_SEAL, buf, offsets, lengths, status, stride)
+    cdef Py_ssize_t width = batch_stride(stride)
+    cdef Ops o = _new_ops(sa, KIND_SEAL, buf, offsets, lengths, status, width)
     cdef uint32_t i
     cdef uint8_t *lo
     cdef uint8_t *hi
     cdef sa_t *c = &sa.c
     _lock(sa)
     for i in range(o.n):
-        lo = o.b.data + <size_t>i * stride
-        hi = slot_end(o.b.data, <size_t>o.b.size, <size_t>i * stride, stride)
+        lo = o.b.data + <size_t>i * width
+        hi = slot_end(o.b.data, <size_t>o.b.size, <size_t>i * width, width)
         if i + PREFETCH_AHEAD < o.n:
             fp_prefetch_packet(o.b.data + o.b.off[i + PREFETCH_AHEAD], o.b.lens[i + PREFETCH_AHEAD])
         o.prep[i] = encap_prepare(c, lo, o.b.data + o.b.off[i], o.b.lens[i], hi, &o.ops[i], &o.meta[i])
