@@ -68,8 +68,10 @@ class PacketBatch:
         for p in packets:
             self.append(p)
 
-    def packet(self, Py_ssize_t i) -> memoryview:
+    def packet(self, i) -> memoryview:
         """A zero-copy view of packet *i* as it is now (input, or result after a call)."""
+        if not isinstance(i, int):
+            raise TypeError(f"packet index must be an integer, not {type(i).__name__}")
         if not 0 <= i < self._count:
             raise IndexError(f"packet index {i} out of range for {self._count} packets")
         off = self.offsets[i]

@@ -221,11 +221,22 @@ cdef class IOStats:
 
     def add(self, str path, *, packets=0, syscalls=0, errors=0, dropped=0):
         """Count I/O done elsewhere (a single write in Python) on one of the paths."""
+        cdef uint64_t p, c, e, d
+        if path not in PATHS:
+            raise ValueError(f"unknown I/O path {path!r} (known: {', '.join(PATHS)})")
         cdef int k = PATHS.index(path)
-        fp_atomic_add(&self.packets[k], packets)
-        fp_atomic_add(&self.calls[k], syscalls)
-        fp_atomic_add(&self.errors[k], errors)
-        fp_atomic_add(&self.dropped[k], dropped)
+        # all converted before any is added: a bad count changes nothing
+        for v in (packets, syscalls, errors, dropped):
+            if not isinstance(v, int):
+                raise TypeError(f"counts must be integers, not {type(v).__name__}")
+        try:
+            p, c, e, d = packets, syscalls, errors, dropped
+        except OverflowError:
+            raise ValueError("counts must be integers in 0 .. 2**64 - 1") from None
+        fp_atomic_add(&self.packets[k], p)
+        fp_atomic_add(&self.calls[k], c)
+        fp_atomic_add(&self.errors[k], e)
+        fp_atomic_add(&self.dropped[k], d)
 
 
 cdef inline void _count(IOStats s, int path, uint64_t packets, uint64_t calls, uint64_t errors,

@@ -283,3 +283,30 @@ def test_packet_batch_refuses_absurd_shapes(name, value, arg):
     assert b.capacity >= 1 and 0 <= b.headroom < b.stride
     b.append(_packet())
     assert len(b) == 1 and bytes(b.packet(0)) == _packet()
+
+
+@pytest.mark.parametrize("name,value", VALUES, ids=[n for n, _ in VALUES])
+def test_iostats_add_refuses_bad_counts_and_changes_nothing(name, value):
+    stats = netio.IOStats()
+    stats.add("tun_read", packets=1)
+    before = stats.as_dict()
+    for kw in ({"packets": 2, "errors": value}, {"syscalls": value}):
+        if isinstance(value, int) and 0 <= value < 2**64:
+            continue                          # a real count
+        with pytest.raises(REFUSED):
+            stats.add("tun_read", **kw)
+    if isinstance(value, str) or value is None or isinstance(value, (bytes, list, dict)):
+        with pytest.raises(REFUSED):
+            stats.add(value, packets=1)
+    assert stats.as_dict() == before
+
+
+@pytest.mark.parametrize("name,value", VALUES, ids=[n for n, _ in VALUES])
+def test_packet_batch_packet_index(name, value):
+    b = PacketBatch(2)
+    b.append(_packet())
+    if isinstance(value, int) and not isinstance(value, bool) and value == 0:
+        assert bytes(b.packet(value)) == _packet()
+        return
+    with pytest.raises((IndexError, TypeError)):
+        b.packet(value)
