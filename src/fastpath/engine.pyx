@@ -243,11 +243,15 @@ cdef inline int arrived(EngineTables t, const uint8_t *p, uint32_t n, uint32_t *
     return ARRIVED_CLEAR
 
 
-cdef int scratch_alloc(scratch_t *s, uint32_t n) noexcept nogil:
-    cdef uint32_t hs = 16
+cdef int scratch_alloc(scratch_t *s, uint32_t n, uint32_t groups) noexcept nogil:
+    # the slot hash holds at most min(n, slots) keys: sized by that, in 64 bits, so a batch
+    # of 2**31 packets can neither wrap the doubling (it spun forever) nor size it absurdly
+    cdef uint64_t hs = 16, keys = groups if groups < n else n
     cdef uint8_t *b
-    while hs < 2 * n:
+    while hs < 2 * keys:
         hs *= 2
+    if hs > <uint64_t>1 << 31:
+        return -1
     b = <uint8_t *>malloc(<size_t>n * 28 + <size_t>hs * 8 + 64)
     if b == NULL:
         return -1
@@ -261,7 +265,7 @@ cdef int scratch_alloc(scratch_t *s, uint32_t n) noexcept nogil:
     s.gcount = <uint32_t *>(b + <size_t>n * 24)
     s.hkey = <int32_t *>(b + <size_t>n * 28)
     s.hval = <uint32_t *>(b + <size_t>n * 28 + <size_t>hs * 4)
-    s.hsize = hs
+    s.hsize = <uint32_t>hs
     return 0
 
 
@@ -421,7 +425,7 @@ cdef class EngineCore:
             batch_check_places(&b, stride, NULL, b.n)
             if b.n == 0:
                 return 0
-            if scratch_alloc(&s, b.n) != 0:
+            if scratch_alloc(&s, b.n, <uint32_t>t.nslots) != 0:
                 raise MemoryError()
             try:
                 with nogil:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from array import array
 
 import pytest
@@ -310,3 +312,22 @@ def test_packet_batch_packet_index(name, value):
         return
     with pytest.raises((IndexError, TypeError)):
         b.packet(value)
+
+
+def test_an_engine_batch_of_2_31_packets_is_refused_not_a_hang():
+    # scratch_alloc doubled a uint32 hash size while it was below 2 * n: for n = 2**31 - 1
+    # it wrapped to 0 and spun forever without the GIL. The arrays are private anonymous
+    # mappings, read as zero pages (no memory behind them); in a subprocess, with a timeout.
+    code = (
+        "import mmap\n"
+        "from fastpath.engine import EngineCore\n"
+        "n = 2**31 - 1\n"
+        "off = mmap.mmap(-1, 8 * n, flags=mmap.MAP_PRIVATE)\n"
+        "lens = mmap.mmap(-1, 4 * n, flags=mmap.MAP_PRIVATE)\n"
+        "st = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE)\n"
+        "try:\n"
+        "    EngineCore().inbound(bytearray(64), memoryview(off).cast('q'), memoryview(lens).cast('I'), st)\n"
+        "except MemoryError:\n"
+        "    print('refused')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0 and r.stdout.strip() == "refused", r.stderr[-2000:]
