@@ -18,7 +18,8 @@ cdef class SAState:
 
     # The C level for forwarders written in Cython: no Python objects, callable without the
     # GIL. Same contracts as encap_batch / decap_batch; returns the number of OK packets.
-    # idx (may be NULL) selects which packets of the arrays to process, n of them.
+    # idx (may be NULL) selects which packets of the arrays to process, n of them. Nothing
+    # is checked here: places that come from outside go through check_places first.
     cdef uint32_t encap_burst_c(self, uint8_t *buf, size_t buflen, int64_t *off, uint32_t *lens,
                                 uint8_t *status, uint32_t n, size_t stride,
                                 const uint32_t *idx=*) noexcept nogil

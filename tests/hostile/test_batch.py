@@ -331,3 +331,34 @@ def test_an_engine_batch_of_2_31_packets_is_refused_not_a_hang():
         "    print('refused')\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
     assert r.returncode == 0 and r.stdout.strip() == "refused", r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name,value", VALUES, ids=[n for n, _ in VALUES])
+@pytest.mark.parametrize("arg", ["buf", "offsets", "lengths", "status"])
+def test_netio_bursts_refuse_wrong_arrays(name, value, arg):
+    a = Arena()
+    rfd, wfd = os.pipe()
+    os.set_blocking(rfd, False)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    udp.setblocking(False)
+    args = {"buf": a.buf, "offsets": a.off, "lengths": a.lens, "status": bytes(N)}
+    args[arg] = value
+    b, o, n, s = args["buf"], args["offsets"], args["lengths"], args["status"]
+    calls = [lambda: netio.tun_write_burst(devnull, b, o, n, s, b"\x00"),
+             lambda: netio.udp_send_burst(udp.fileno(), b, o, n, s)]
+    if arg != "status":
+        calls += [lambda: netio.tun_read_burst(rfd, b, o, n, STRIDE, HEAD, N),
+                  lambda: netio.udp_recv_burst(udp.fileno(), b, o, n, STRIDE, HEAD, N, bytes([127, 0, 0, 1]), 4500)]
+    try:
+        for call in calls:
+            if arg == "status" and isinstance(value, bytes) and len(value) >= N:
+                call()                        # read-only statuses are fine for a send
+            else:
+                refused(call, a)
+    finally:
+        os.close(rfd)
+        os.close(wfd)
+        os.close(devnull)
+        udp.close()
