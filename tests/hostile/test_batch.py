@@ -362,3 +362,23 @@ def test_netio_bursts_refuse_wrong_arrays(name, value, arg):
         os.close(wfd)
         os.close(devnull)
         udp.close()
+
+
+@pytest.mark.parametrize("name,size", SIZES, ids=[n for n, _ in SIZES])
+def test_capture_walker_positions(name, size):
+    # a negative position walked records from before the buffer (it read out of bounds)
+    from fastpath.capture import Damaged, Walker
+    record = (0).to_bytes(4, "little") * 2 + (20).to_bytes(4, "little") * 2 + _packet(20)
+    for walk in ("pcap", "pcapng"):
+        w = Walker(1 << 20)
+        w.set_pcap(False, False, 101, 65535, 65535)
+        if size < 0:
+            with pytest.raises(ValueError, match="pos"):
+                getattr(w, walk)(record, size)
+            assert w.count == 0
+        else:
+            try:
+                getattr(w, walk)(record, size)
+            except Damaged:
+                pass                          # a pcap record is no pcapng block
+            assert w.count <= 1
