@@ -21,7 +21,7 @@ import pytest
 
 import fastpath
 import hostile
-from fastpath import Cipher, PacketBatch, SAState, Status, netio, stages
+from fastpath import Cipher, PacketBatch, SAState, netio, stages
 from ipsp.engine import Engine
 
 GUARD = 256
