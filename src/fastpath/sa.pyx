@@ -13,7 +13,7 @@ from cpython.buffer cimport (
     PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE, PyBUF_FORMAT, PyBUF_C_CONTIGUOUS)
 from cpython.pythread cimport (
     PyThread_allocate_lock, PyThread_free_lock, PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK)
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, uintptr_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, uintptr_t, UINT32_MAX
 from libc.string cimport memset, memcpy, strchr
 
 from fastpath._include.compat cimport fp_store_be16, fp_csum_add
@@ -39,6 +39,13 @@ DF_NEVER = DF_CLEAR
 cdef uint32_t NOGIL_MIN_PACKETS = 8
 # packet numbers are uint32 (indices, the C level's counts)
 cdef Py_ssize_t MAX_BATCH = 0xffffffff
+
+
+cdef inline uint32_t _packet_len(Py_ssize_t n) noexcept nogil:
+    # a packet's length as the kernel takes it (uint32): a buffer past 4 GiB is cut to the
+    # largest length, which every check refuses, not wrapped to its low 32 bits, which could
+    # make it look like a short, valid packet
+    return <uint32_t>n if n < <Py_ssize_t>UINT32_MAX else UINT32_MAX
 
 
 cdef inline int _acquire(object obj, Py_buffer *view, bint writable, str what) except -1:
@@ -356,7 +363,7 @@ cdef class SAState:
                     st = Status.SA_DEAD
                     self.c.out_count[<int>st] += 1
                 else:
-                    st = encap_one(&self.c, <const uint8_t *>pin.buf, <uint32_t>pin.len,
+                    st = encap_one(&self.c, <const uint8_t *>pin.buf, _packet_len(pin.len),
                                    <uint8_t *>pout.buf, <size_t>pout.len, &n)
                 PyThread_release_lock(self._lock)
             finally:
@@ -393,7 +400,7 @@ cdef class SAState:
                     st = Status.SA_DEAD
                     self.c.in_count[<int>st] += 1
                 else:
-                    st = decap_one(&self.c, <const uint8_t *>pin.buf, <uint32_t>pin.len,
+                    st = decap_one(&self.c, <const uint8_t *>pin.buf, _packet_len(pin.len),
                                    <uint8_t *>pout.buf, <size_t>pout.len, &n, verify)
                 PyThread_release_lock(self._lock)
             finally:

@@ -382,3 +382,19 @@ def test_capture_walker_positions(name, size):
             except Damaged:
                 pass                          # a pcap record is no pcapng block
             assert w.count <= 1
+
+
+def test_a_single_packet_past_4_gib_is_not_read_as_its_low_32_bits():
+    # decap_into passed the buffer's length to the kernel as uint32: 2**32 + L bytes became
+    # L, and the first L bytes were decrypted as if they were the whole packet
+    import mmap
+    kw = dict(cipher=Cipher.CIPHER_AES_GCM, icv_len=16, enc_key=bytes(range(20)), framing=fastpath.ESP)
+    tx, rx = SAState(spi=0x3002, **kw), SAState(spi=0x3002, **kw)
+    esp = tx.encap(_packet())
+    big = mmap.mmap(-1, 2**32 + len(esp), flags=mmap.MAP_PRIVATE)
+    big[:len(esp)] = esp
+    out = bytearray(4096)
+    with pytest.raises(fastpath.PacketError) as exc:
+        rx.decap_into(big, out)
+    assert exc.value.status.name == "OVERSIZE" and rx.replay_top == 0
+    big.close()
