@@ -460,14 +460,16 @@ cdef class SAState:
         offsets (int64) and lengths (uint32) are updated for packets that succeed; status[i]
         (uint8) gets each packet's Status. With indices (a uint32 array of distinct packet
         numbers) only those packets are processed and only their entries change. Returns the
-        number of packets that succeeded."""
+        number of packets that succeeded. A packet outside its slot or the buffer, a bad
+        stride or index, arrays of different lengths or sharing memory raise ValueError
+        before anything is processed (docs/embedding.md, "Caller errors")."""
         return self._batch(buf, offsets, lengths, status, batch_stride(stride), True, indices)
 
     def decap_batch(self, buf, offsets, lengths, status, *, bint verify=True, indices=None):
         """Decapsulate packets in place: packet i is buf[offsets[i] : offsets[i] + lengths[i]];
         results never grow, so no slot rule applies. offsets and lengths are updated for
         packets that succeed; status[i] gets each packet's Status. Returns the number of
-        packets that succeeded. indices works as for encap_batch."""
+        packets that succeeded. indices and the caller errors (ValueError) as for encap_batch."""
         return self._batch(buf, offsets, lengths, status, 0, verify, indices)
 
     cdef uint32_t _batch(self, object buf, object offsets, object lengths, object status,
