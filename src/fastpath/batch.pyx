@@ -11,14 +11,27 @@ from array import array
 from fastpath.status import Status
 
 
-class PacketBatch:
-    """Up to *capacity* packets of at most ``stride - headroom - tailroom`` bytes each."""
+# a slot holds one packet: at most 65,535 bytes of IP (a TSO/GRO super-packet too) and its
+# head and tail room; a larger stride is a mistake that would allocate gigabytes
+MAX_STRIDE = 1 << 20
 
-    def __init__(self, int capacity, int stride=2048, int headroom=128):
+
+class PacketBatch:
+    """Up to *capacity* packets of at most ``stride - headroom - tailroom`` bytes each
+    (stride at most MAX_STRIDE)."""
+
+    def __init__(self, capacity, stride=2048, headroom=128):
+        for name, v in (("capacity", capacity), ("stride", stride), ("headroom", headroom)):
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise TypeError(f"{name} must be an integer, not {type(v).__name__}")
         if capacity <= 0:
             raise ValueError(f"capacity must be positive, got {capacity}")
         if headroom < 0 or stride <= headroom:
             raise ValueError(f"need 0 <= headroom < stride, got headroom {headroom}, stride {stride}")
+        if stride > MAX_STRIDE:
+            raise ValueError(f"stride must be at most {MAX_STRIDE} bytes, got {stride}")
+        if capacity > 0xffffffff:
+            raise ValueError(f"capacity must be at most {0xffffffff} packets, got {capacity}")
         self.capacity = capacity
         self.stride = stride
         self.headroom = headroom
@@ -55,8 +68,10 @@ class PacketBatch:
         for p in packets:
             self.append(p)
 
-    def packet(self, Py_ssize_t i) -> memoryview:
+    def packet(self, i) -> memoryview:
         """A zero-copy view of packet *i* as it is now (input, or result after a call)."""
+        if not isinstance(i, int):
+            raise TypeError(f"packet index must be an integer, not {type(i).__name__}")
         if not 0 <= i < self._count:
             raise IndexError(f"packet index {i} out of range for {self._count} packets")
         off = self.offsets[i]

@@ -321,6 +321,8 @@ cdef class Walker:
         cdef uint32_t caplen
         cdef int64_t ts
         cdef bint big = self.big_endian
+        if pos < 0:
+            raise ValueError(f"pos must not be negative, got {pos}")
         if pos >= end:
             return self._end(pos)
         b = &buf[0]
@@ -386,6 +388,8 @@ cdef class Walker:
         cdef iface_t *f
         cdef int64_t ts
         cdef bint big = self.big_endian
+        if pos < 0:
+            raise ValueError(f"pos must not be negative, got {pos}")
         if pos >= end:
             return self._end(pos)
         b = &buf[0]

@@ -12,6 +12,7 @@ from libc.stdlib cimport calloc, malloc, free
 from libc.string cimport memcpy, memcmp, memset
 
 from fastpath._include.compat cimport fp_prefetch_line
+from fastpath.sa cimport check_places, check_disjoint
 
 CLASS_NONE = CLASS_NONE_C
 CLASS_UNPARSEABLE = CLASS_UNPARSEABLE_C
@@ -308,13 +309,16 @@ cdef class Classifier:
     def classify_batch(self, const uint8_t[::1] buf, const int64_t[::1] offsets,
                        const uint32_t[::1] lengths, int32_t[::1] out):
         """classify() for every packet of a batch, results index for index, without the GIL."""
-        cdef Py_ssize_t i, n = offsets.shape[0]
+        cdef Py_ssize_t n = offsets.shape[0]
         if lengths.shape[0] != n or out.shape[0] < n:
             raise ValueError("offsets, lengths and out must describe the same number of packets")
-        for i in range(n):
-            if offsets[i] < 0 or offsets[i] > buf.shape[0] or lengths[i] > buf.shape[0] - offsets[i]:
-                raise ValueError(f"packet {i} runs outside the buffer")
         if n == 0:
             return
+        if n > 0xffffffff:
+            raise ValueError(f"{n} packets: a batch is at most {0xffffffff}")
+        check_places(buf.shape[0], &offsets[0], &lengths[0], 0, NULL, n)
+        # results are written while offsets and lengths are still being read
+        check_disjoint(&out[0], out.shape[0] * 4, "out", &offsets[0], n * 8, "offsets")
+        check_disjoint(&out[0], out.shape[0] * 4, "out", &lengths[0], n * 4, "lengths")
         with nogil:
             self.classify_burst(&buf[0], &offsets[0], &lengths[0], NULL, &out[0], <uint32_t>n)

@@ -81,6 +81,9 @@ cdef class EngineTables:
     cdef uint16_t udp_ports[MAX_UDP_PORTS]
     cdef int nudp
     cdef readonly object context  # the builder's own data, handed back with each event
+    # a weak reference tells the builder when no batch runs on these tables any more (a
+    # running batch holds them), so counters of SAs that left them are final
+    cdef object __weakref__
 
     cdef int32_t lookup_spi(self, uint32_t spi, uint8_t version, const uint64_t *dst,
                             const uint64_t *src) noexcept nogil

@@ -19,7 +19,8 @@ from libc.string cimport memcpy, memset
 from fastpath._include.compat cimport fp_load_be16, fp_load_be32, fp_atomic_add
 from fastpath.classify cimport (Classifier, flow_key_t, rule_t, parse_key, rule_matches,
                                 compile_rules, CLASS_NONE_C, CLASS_UNPARSEABLE_C)
-from fastpath.sa cimport SAState, acquire_array, batch_bufs_t, batch_take, batch_release, batch_check_places
+from fastpath.sa cimport (SAState, acquire_array, batch_bufs_t, batch_take, batch_release, batch_check_places,
+                          batch_apart, batch_stride)
 from fastpath.state cimport sa_t
 from fastpath.status cimport Status, N_STATUS
 from fastpath.wire cimport *
@@ -242,11 +243,15 @@ cdef inline int arrived(EngineTables t, const uint8_t *p, uint32_t n, uint32_t *
     return ARRIVED_CLEAR
 
 
-cdef int scratch_alloc(scratch_t *s, uint32_t n) noexcept nogil:
-    cdef uint32_t hs = 16
+cdef int scratch_alloc(scratch_t *s, uint32_t n, uint32_t groups) noexcept nogil:
+    # the slot hash holds at most min(n, slots) keys: sized by that, in 64 bits, so a batch
+    # of 2**31 packets can neither wrap the doubling (it spun forever) nor size it absurdly
+    cdef uint64_t hs = 16, keys = groups if groups < n else n
     cdef uint8_t *b
-    while hs < 2 * n:
+    while hs < 2 * keys:
         hs *= 2
+    if hs > <uint64_t>1 << 31:
+        return -1
     b = <uint8_t *>malloc(<size_t>n * 28 + <size_t>hs * 8 + 64)
     if b == NULL:
         return -1
@@ -260,7 +265,7 @@ cdef int scratch_alloc(scratch_t *s, uint32_t n) noexcept nogil:
     s.gcount = <uint32_t *>(b + <size_t>n * 24)
     s.hkey = <int32_t *>(b + <size_t>n * 28)
     s.hval = <uint32_t *>(b + <size_t>n * 28 + <size_t>hs * 4)
-    s.hsize = hs
+    s.hsize = <uint32_t>hs
     return 0
 
 
@@ -384,14 +389,12 @@ cdef class EngineCore:
         return {"out": {_Status(k).name: self.out_count[k] for k in range(N_STATUS) if self.out_count[k]},
                 "in": {_Status(k).name: self.in_count[k] for k in range(N_STATUS) if self.in_count[k]}}
 
-    def outbound(self, buf, offsets, lengths, status, Py_ssize_t stride, *, slots=None):
+    def outbound(self, buf, offsets, lengths, status, stride, *, slots=None):
         """Apply the outbound SPD to a batch laid out as for SAState.encap_batch (packet i in
         slot i of *stride* bytes) and encapsulate what it protects, in place. status[i] gets
         OK (encapsulated), BYPASS (send unchanged) or why it was dropped; slots[i] (int32,
         optional) the SA slot used or -1. Returns the number encapsulated."""
-        if stride <= 0:
-            raise ValueError(f"stride must be positive, got {stride}")
-        return self._run(buf, offsets, lengths, status, stride, slots, True)
+        return self._run(buf, offsets, lengths, status, batch_stride(stride), slots, True)
 
     def inbound(self, buf, offsets, lengths, status, *, slots=None):
         """Process arriving IP packets: ESP is matched to its SA, decapsulated in place and
@@ -415,13 +418,14 @@ cdef class EngineCore:
             if slots is not None:
                 acquire_array(slots, &vx, 4, b"iil", "slots")
                 have_slots = True
+                batch_apart(&b, &vx, "slots")
                 if vx.len // 4 < b.n:
                     raise ValueError(f"slots holds {vx.len // 4} entries for {b.n} packets")
                 slot_out = <int32_t *>vx.buf
             batch_check_places(&b, stride, NULL, b.n)
             if b.n == 0:
                 return 0
-            if scratch_alloc(&s, b.n) != 0:
+            if scratch_alloc(&s, b.n, <uint32_t>t.nslots) != 0:
                 raise MemoryError()
             try:
                 with nogil:

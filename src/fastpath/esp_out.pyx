@@ -314,9 +314,7 @@ cdef uint32_t encap_burst(sa_t *sa, uint8_t *buf, size_t buflen, int64_t *off, u
         for k in range(cnt):
             i = idx[base + k] if idx != NULL else base + k
             lo = buf + <size_t>i * stride
-            hi = lo + stride
-            if hi > buf + buflen:
-                hi = buf + buflen
+            hi = slot_end(buf, buflen, <size_t>i * stride, stride)
             if base + k + PREFETCH_AHEAD < n:
                 ahead = idx[base + k + PREFETCH_AHEAD] if idx != NULL else base + k + PREFETCH_AHEAD
                 fp_prefetch_packet(buf + off[ahead], lens[ahead])

@@ -4,11 +4,14 @@ divide the kernel's cost by these, measured in the same run on the same machine.
 
 Each function makes one pass over n regions of buf (region i: offsets[i], lengths[i] bytes
 of cipher input, a fresh ESP-like header of 16 bytes in front of it for the ICV input) and
-returns the elapsed nanoseconds.
+returns the elapsed nanoseconds. A region outside buf (or, for CBC, without its 16 bytes in
+front) is a ValueError before anything runs.
 """
 
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memset
+
+from fastpath.sa cimport check_regions
 
 from fastpath._include.compat cimport fp_now_ns as now_ns
 
@@ -37,6 +40,8 @@ def openssl_aead(uint8_t[::1] buf, int64_t[::1] offsets, uint32_t[::1] lengths, 
                  bint encrypt=True):
     """AES-GCM or ChaCha20-Poly1305 (RFC 4106 / 7634 shape: 12-byte nonce, 8-byte AAD,
     16-byte tag) with one reused EVP context: the loop the OpenSSL backend runs."""
+    check_regions(&buf[0] if buf.shape[0] else NULL, buf.shape[0], &offsets[0], offsets.shape[0],
+                  &lengths[0], lengths.shape[0], 0)
     cdef const EVP_CIPHER *evp = aead_cipher(cipher)
     cdef EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new()
     cdef uint8_t key[32]
@@ -73,6 +78,8 @@ def openssl_cbc_hmac(uint8_t[::1] buf, int64_t[::1] offsets, uint32_t[::1] lengt
     """AES-CBC (or DES-CBC through DES_ncbc_encrypt) + HMAC-SHA1 or HMAC-SHA256 with
     precomputed pad states, over 16 bytes of header + the ciphertext: the OpenSSL backend's
     loop."""
+    check_regions(&buf[0] if buf.shape[0] else NULL, buf.shape[0], &offsets[0], offsets.shape[0],
+                  &lengths[0], lengths.shape[0], 16)
     cdef EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new()
     cdef DES_key_schedule ks
     cdef DES_cblock ivec

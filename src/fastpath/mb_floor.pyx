@@ -5,6 +5,8 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport free
 from libc.string cimport memset
 
+from fastpath.sa cimport check_regions
+
 from fastpath._include.compat cimport fp_now_ns as now_ns
 
 from fastpath._include.ipsecmb cimport *
@@ -14,6 +16,8 @@ def ipsecmb_aead(uint8_t[::1] buf, int64_t[::1] offsets, uint32_t[::1] lengths, 
                  bint encrypt=True):
     """AES-GCM (128 or 256) or ChaCha20-Poly1305 through the direct calls the mb backend
     makes, 8-byte AAD, 16-byte tag."""
+    check_regions(&buf[0] if buf.shape[0] else NULL, buf.shape[0], &offsets[0], offsets.shape[0],
+                  &lengths[0], lengths.shape[0], 0)
     cdef IMB_MGR *m = fp_mgr()
     cdef void *mem
     cdef gcm_context_data ctx
@@ -63,6 +67,8 @@ def ipsecmb_cbc_hmac(uint8_t[::1] buf, int64_t[::1] offsets, uint32_t[::1] lengt
     with every packet of the pass in flight, flushed once at the end: the most the library's
     lanes can be kept busy. The hash covers 16 bytes of header in front of each region, as
     ESP's does."""
+    check_regions(&buf[0] if buf.shape[0] else NULL, buf.shape[0], &offsets[0], offsets.shape[0],
+                  &lengths[0], lengths.shape[0], 16)
     cdef IMB_MGR *m = fp_mgr()
     cdef void *mem
     cdef uint8_t *keys

@@ -33,7 +33,7 @@ from libc.string cimport memcpy, memset
 
 from fastpath._include.compat cimport (fp_load_be16, fp_load_be32, fp_store_be16, fp_ipv4_csum, fp_atomic_add,
                                        fp_csum_add, fp_csum_fold)
-from fastpath.sa cimport acquire_array, batch_bufs_t, batch_take, batch_release
+from fastpath.sa cimport as_ssize, batch_bufs_t, batch_take, batch_release, check_places
 from fastpath.wire cimport *
 
 import os as _os
@@ -221,11 +221,22 @@ cdef class IOStats:
 
     def add(self, str path, *, packets=0, syscalls=0, errors=0, dropped=0):
         """Count I/O done elsewhere (a single write in Python) on one of the paths."""
+        cdef uint64_t p, c, e, d
+        if path not in PATHS:
+            raise ValueError(f"unknown I/O path {path!r} (known: {', '.join(PATHS)})")
         cdef int k = PATHS.index(path)
-        fp_atomic_add(&self.packets[k], packets)
-        fp_atomic_add(&self.calls[k], syscalls)
-        fp_atomic_add(&self.errors[k], errors)
-        fp_atomic_add(&self.dropped[k], dropped)
+        # all converted before any is added: a bad count changes nothing
+        for v in (packets, syscalls, errors, dropped):
+            if not isinstance(v, int):
+                raise TypeError(f"counts must be integers, not {type(v).__name__}")
+        try:
+            p, c, e, d = packets, syscalls, errors, dropped
+        except OverflowError:
+            raise ValueError("counts must be integers in 0 .. 2**64 - 1") from None
+        fp_atomic_add(&self.packets[k], p)
+        fp_atomic_add(&self.calls[k], c)
+        fp_atomic_add(&self.errors[k], e)
+        fp_atomic_add(&self.dropped[k], d)
 
 
 cdef inline void _count(IOStats s, int path, uint64_t packets, uint64_t calls, uint64_t errors,
@@ -279,16 +290,6 @@ cdef int _take_status(object status, Py_buffer *view, Py_ssize_t n) except -1:
     if view.len < n:
         PyBuffer_Release(view)
         raise ValueError(f"status holds {view.len} entries for {n} packets")
-    return 0
-
-
-cdef int _check_places(batch_bufs_t *a, const uint8_t *status, const uint8_t *table) except -1:
-    # every packet that will be sent or written must lie inside the buffer
-    cdef Py_ssize_t i
-    for i in range(a.n):
-        if table[status[i]] and (a.off[i] < 0 or a.off[i] > a.size or a.lens[i] > a.size - a.off[i]):
-            raise ValueError(f"packet {i} (offset {a.off[i]}, length {a.lens[i]}) is not inside the "
-                             f"{a.size}-byte buffer")
     return 0
 
 
@@ -433,8 +434,8 @@ cdef void _gso_split(const uint8_t *p, ssize_t n, const uint8_t *h, size_t hlen,
         lens[first + j] = <uint32_t>(hlen + plen)
 
 
-def tun_read_burst(int fd, buf, offsets, lengths, Py_ssize_t stride, Py_ssize_t headroom,
-                   Py_ssize_t max_n, IOStats stats=None, bint vnet=False, TunScratch scratch=None):
+def tun_read_burst(int fd, buf, offsets, lengths, stride_, headroom_, max_n_, IOStats stats=None,
+                   bint vnet=False, TunScratch scratch=None):
     """Read packets from a non-blocking TUN descriptor until it has none left (EAGAIN) or
     max_n were read: packet i into slot i at *headroom*, offsets[i] and lengths[i] set.
     Returns how many. A packet that fills its slot's whole room may have been cut short by
@@ -449,8 +450,10 @@ def tun_read_burst(int fd, buf, offsets, lengths, Py_ssize_t stride, Py_ssize_t 
     kept there and split first by the next call; without one, or if it could not fit even
     max_n slots, or if its header is malformed, it is dropped and counted in tun_read's
     "dropped"."""
+    cdef Py_ssize_t stride = as_ssize(stride_, "stride"), headroom = as_ssize(headroom_, "headroom")
+    cdef Py_ssize_t max_n = as_ssize(max_n_, "max_n")
     cdef batch_bufs_t a
-    cdef Py_ssize_t i = 0, cap = stride - headroom
+    cdef Py_ssize_t i = 0, cap
     cdef ssize_t r
     cdef int err = 0, k, gso_type
     cdef uint64_t calls = 0, dropped = 0
@@ -460,9 +463,13 @@ def tun_read_burst(int fd, buf, offsets, lengths, Py_ssize_t stride, Py_ssize_t 
     cdef uint8_t *slot
     cdef size_t hlen = 0
     cdef bint own = False
-    batch_take(&a, buf, offsets, lengths, None)
+    batch_take(&a, buf, offsets, lengths, None, True)
     try:
         _check_slots(&a, stride, headroom, max_n, 0)
+        if max_n == 0:
+            # nothing to read; and the slots, unchecked against the buffer, size no scratch
+            return 0
+        cap = stride - headroom
         if vnet:
             if scratch is None:
                 scratch, own = TunScratch(), True
@@ -557,11 +564,11 @@ def tun_write_burst(int fd, buf, offsets, lengths, status, ok_statuses, IOStats 
     cdef iovec iov[2]
     memset(hdr, 0, VNET_HDR_LEN)
     _selection(ok_statuses, table)
-    batch_take(&a, buf, offsets, lengths, None)
+    batch_take(&a, buf, offsets, lengths, None, True)
     try:
         _take_status(status, &sv, a.n)
         try:
-            _check_places(&a, <const uint8_t *>sv.buf, table)
+            check_places(a.size, a.off, a.lens, 0, NULL, a.n, <const uint8_t *>sv.buf, table)
             with nogil:
                 for i in range(a.n):
                     if not table[(<const uint8_t *>sv.buf)[i]]:
@@ -678,12 +685,15 @@ cdef void _synth_header(uint8_t *h, int kind, bint v6, const sockaddr_in6 *src, 
     fp_store_be16(h + hl + 6, 0)
 
 
-cdef Py_ssize_t _recv_burst(int fd, object buf, object offsets, object lengths, Py_ssize_t stride,
-                            Py_ssize_t headroom, Py_ssize_t max_n, object local, int port, int kind,
+cdef Py_ssize_t _recv_burst(int fd, object buf, object offsets, object lengths, object stride_,
+                            object headroom_, object max_n_, object local, object port_, int kind,
                             IOStats stats) except -1:
+    cdef Py_ssize_t stride = as_ssize(stride_, "stride"), headroom = as_ssize(headroom_, "headroom")
+    cdef Py_ssize_t max_n = as_ssize(max_n_, "max_n")
     cdef batch_bufs_t a
     cdef mmsg_t m
-    cdef bytes loc = bytes(local)
+    # address bytes only: bytes() of an integer would allocate that many zero bytes
+    cdef bytes loc = bytes(memoryview(local))
     cdef bint v6 = len(loc) == 16
     cdef uint8_t local_addr[16]
     cdef Py_ssize_t hdr, i, k, got = 0, vlen
@@ -695,8 +705,9 @@ cdef Py_ssize_t _recv_burst(int fd, object buf, object offsets, object lengths, 
     cdef uint8_t *p
     if len(loc) not in (4, 16):
         raise ValueError(f"local must be an IPv4 or IPv6 address (4 or 16 bytes), got {len(loc)}")
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port must be 0..65535, got {port}")
+    if not 0 <= port_ <= 65535:
+        raise ValueError(f"port must be 0..65535, got {port_}")
+    cdef int port = port_
     memset(local_addr, 0, 16)
     memcpy(local_addr, <const char *>loc, len(loc))
     if kind == SYNTH_UDP:
@@ -704,7 +715,7 @@ cdef Py_ssize_t _recv_burst(int fd, object buf, object offsets, object lengths, 
     else:
         kind = SYNTH_IP6 if v6 else SYNTH_NONE
         hdr = IPV6_HDR_LEN if v6 else 0
-    batch_take(&a, buf, offsets, lengths, None)
+    batch_take(&a, buf, offsets, lengths, None, True)
     try:
         _check_slots(&a, stride, headroom, max_n, hdr)
         vlen = min(max_n, MAX_MMSG)
@@ -766,8 +777,8 @@ cdef Py_ssize_t _recv_burst(int fd, object buf, object offsets, object lengths, 
     return got
 
 
-def udp_recv_burst(int sockfd, buf, offsets, lengths, Py_ssize_t stride, Py_ssize_t headroom,
-                   Py_ssize_t max_n, local, int port, IOStats stats=None):
+def udp_recv_burst(int sockfd, buf, offsets, lengths, stride, headroom, max_n, local, port,
+                   IOStats stats=None):
     """ONE recvmmsg() (non-blocking) for up to max_n ESP-in-UDP datagrams, datagram k at
     ``k * stride + headroom + 28`` (IPv6: + 48) with a synthetic IPv4 (IPv6) and UDP header
     in front of it: source the sender's address and port, destination *local* (the address
@@ -779,8 +790,8 @@ def udp_recv_burst(int sockfd, buf, offsets, lengths, Py_ssize_t stride, Py_ssiz
     return _recv_burst(sockfd, buf, offsets, lengths, stride, headroom, max_n, local, port, SYNTH_UDP, stats)
 
 
-def esp_recv_burst(int sockfd, buf, offsets, lengths, Py_ssize_t stride, Py_ssize_t headroom,
-                   Py_ssize_t max_n, local, IOStats stats=None):
+def esp_recv_burst(int sockfd, buf, offsets, lengths, stride, headroom, max_n, local,
+                   IOStats stats=None):
     """ONE recvmmsg() for up to max_n packets of a raw IP protocol 50 socket. IPv4 raw
     sockets deliver whole, reassembled packets: they are fed as they are. IPv6 raw sockets
     deliver the payload: it gets a synthetic IPv6 header (40 bytes) as udp_recv_burst does.
@@ -865,12 +876,12 @@ cdef Py_ssize_t _send_burst(int fd, object buf, object offsets, object lengths, 
     cdef cmsghdr *c
     cdef pollfd pfd
     _selection(ok_statuses, table)
-    batch_take(&a, buf, offsets, lengths, None)
+    batch_take(&a, buf, offsets, lengths, None, True)
     try:
         _take_status(status, &sv, a.n)
         try:
             st = <const uint8_t *>sv.buf
-            _check_places(&a, st, table)
+            check_places(a.size, a.off, a.lens, 0, NULL, a.n, st, table)
             for i in range(a.n):
                 count += table[st[i]]
             if count == 0:

@@ -18,7 +18,8 @@ cdef class SAState:
 
     # The C level for forwarders written in Cython: no Python objects, callable without the
     # GIL. Same contracts as encap_batch / decap_batch; returns the number of OK packets.
-    # idx (may be NULL) selects which packets of the arrays to process, n of them.
+    # idx (may be NULL) selects which packets of the arrays to process, n of them. Nothing
+    # is checked here: places that come from outside go through check_places first.
     cdef uint32_t encap_burst_c(self, uint8_t *buf, size_t buflen, int64_t *off, uint32_t *lens,
                                 uint8_t *status, uint32_t n, size_t stride,
                                 const uint32_t *idx=*) noexcept nogil
@@ -34,7 +35,7 @@ cdef int acquire_array(object obj, Py_buffer *view, Py_ssize_t itemsize, const c
                        str what) except -1
 
 # A batch call's buffer, offset (int64), length (uint32) and status (uint8) arrays, taken
-# together and checked to describe n packets; released together.
+# together and checked to describe n packets, each array its own memory; released together.
 ctypedef struct batch_bufs_t:
     Py_buffer views[4]
     int held
@@ -45,8 +46,27 @@ ctypedef struct batch_bufs_t:
     uint32_t *lens
     uint8_t *status
 
+# size arguments: past 64 bits a ValueError; a stride must be positive
+cdef Py_ssize_t as_ssize(object value, str what) except? -1
+cdef Py_ssize_t batch_stride(object stride) except -1
+
+# status may be None only with status_optional (the I/O calls, which write no status)
 cdef int batch_take(batch_bufs_t *b, object buf, object offsets, object lengths,
-                    object status) except -1
+                    object status, bint status_optional=*) except -1
 cdef void batch_release(batch_bufs_t *b) noexcept
+# A further array of the call (indices, slots, seqs) must not share memory with the batch's.
+cdef int batch_apart(const batch_bufs_t *b, const Py_buffer *view, str what) except -1
+cdef int check_apart(const Py_buffer *a, str aname, const Py_buffer *b, str bname) except -1
+cdef int check_disjoint(const void *a, Py_ssize_t alen, str aname, const void *b, Py_ssize_t blen,
+                        str bname) except -1
 cdef int batch_check_places(const batch_bufs_t *b, Py_ssize_t stride, const uint32_t *idx,
                             uint32_t count) except -1
+# The one place check of every batch API (the batch calls, the engine, the stages, netio,
+# the classifier and the floors): packets idx[0..count) (0..count without idx; with table,
+# only those whose status[i] the table selects) lie inside a buffer of size bytes, at least
+# front bytes into it, and with a stride inside their own slots. Overflow-safe for any values.
+cdef int check_places(Py_ssize_t size, const int64_t *off, const uint32_t *lens, Py_ssize_t stride,
+                      const uint32_t *idx, Py_ssize_t count, const uint8_t *status=*,
+                      const uint8_t *table=*, Py_ssize_t front=*) except -1
+cdef int check_regions(const uint8_t *buf, Py_ssize_t size, const int64_t *off, Py_ssize_t noff,
+                       const uint32_t *lens, Py_ssize_t nlens, Py_ssize_t front) except -1

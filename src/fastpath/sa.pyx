@@ -13,7 +13,7 @@ from cpython.buffer cimport (
     PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE, PyBUF_FORMAT, PyBUF_C_CONTIGUOUS)
 from cpython.pythread cimport (
     PyThread_allocate_lock, PyThread_free_lock, PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK)
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, uintptr_t, UINT32_MAX
 from libc.string cimport memset, memcpy, strchr
 
 from fastpath._include.compat cimport fp_store_be16, fp_csum_add
@@ -37,6 +37,15 @@ DF_NEVER = DF_CLEAR
 
 # below this many packets a batch keeps the GIL: releasing it costs more than it frees
 cdef uint32_t NOGIL_MIN_PACKETS = 8
+# packet numbers are uint32 (indices, the C level's counts)
+cdef Py_ssize_t MAX_BATCH = 0xffffffff
+
+
+cdef inline uint32_t _packet_len(Py_ssize_t n) noexcept nogil:
+    # a packet's length as the kernel takes it (uint32): a buffer past 4 GiB is cut to the
+    # largest length, which every check refuses, not wrapped to its low 32 bits, which could
+    # make it look like a short, valid packet
+    return <uint32_t>n if n < <Py_ssize_t>UINT32_MAX else UINT32_MAX
 
 
 cdef inline int _acquire(object obj, Py_buffer *view, bint writable, str what) except -1:
@@ -179,7 +188,8 @@ cdef class SAState:
 
     def close(self):
         """Wipe the keys and free the SA's state; every later call raises SAClosedError (batch
-        calls mark their packets SA_DEAD). Waits for a batch running on another thread."""
+        calls mark their packets SA_DEAD and count them). Waits for a batch running on another
+        thread, so the counters read after close() include it."""
         with nogil:
             PyThread_acquire_lock(self._lock, WAIT_LOCK)
         try:
@@ -315,13 +325,24 @@ cdef class SAState:
 
     def counters(self):
         """Packets, bytes and each status per direction, e.g.
-        ``{"out": {"packets": 10, "bytes": 5000, "NO_ROOM": 1, ...}, "in": {...}}``."""
-        out = {"packets": self.c.out_count[0], "bytes": self.c.out_bytes}
-        inb = {"packets": self.c.in_count[0], "bytes": self.c.in_bytes}
+        ``{"out": {"packets": 10, "bytes": 5000, "NO_ROOM": 1, ...}, "in": {...}}``. They
+        survive close(): packets that meet a closed SA are counted as SA_DEAD."""
+        cdef uint64_t oc[N_STATUS]
+        cdef uint64_t ic[N_STATUS]
+        cdef uint64_t ob, ib
+        # one snapshot between batches: a batch adds its counts at its end, under the lock
+        with nogil:
+            PyThread_acquire_lock(self._lock, WAIT_LOCK)
+        memcpy(oc, self.c.out_count, sizeof(oc))
+        memcpy(ic, self.c.in_count, sizeof(ic))
+        ob, ib = self.c.out_bytes, self.c.in_bytes
+        PyThread_release_lock(self._lock)
+        out = {"packets": oc[0], "bytes": ob}
+        inb = {"packets": ic[0], "bytes": ib}
         for k in range(1, N_STATUS):
             name = status_name(k)
-            out[name] = self.c.out_count[k]
-            inb[name] = self.c.in_count[k]
+            out[name] = oc[k]
+            inb[name] = ic[k]
         return {"out": out, "in": inb}
 
     # ------------------------------------------------------------------ single packets
@@ -340,8 +361,9 @@ cdef class SAState:
                 PyThread_acquire_lock(self._lock, WAIT_LOCK)
                 if self._closed:
                     st = Status.SA_DEAD
+                    self.c.out_count[<int>st] += 1
                 else:
-                    st = encap_one(&self.c, <const uint8_t *>pin.buf, <uint32_t>pin.len,
+                    st = encap_one(&self.c, <const uint8_t *>pin.buf, _packet_len(pin.len),
                                    <uint8_t *>pout.buf, <size_t>pout.len, &n)
                 PyThread_release_lock(self._lock)
             finally:
@@ -376,8 +398,9 @@ cdef class SAState:
                 PyThread_acquire_lock(self._lock, WAIT_LOCK)
                 if self._closed:
                     st = Status.SA_DEAD
+                    self.c.in_count[<int>st] += 1
                 else:
-                    st = decap_one(&self.c, <const uint8_t *>pin.buf, <uint32_t>pin.len,
+                    st = decap_one(&self.c, <const uint8_t *>pin.buf, _packet_len(pin.len),
                                    <uint8_t *>pout.buf, <size_t>pout.len, &n, verify)
                 PyThread_release_lock(self._lock)
             finally:
@@ -408,6 +431,8 @@ cdef class SAState:
         if self._closed:
             for i in range(n):
                 status[idx[i] if idx != NULL else i] = Status.SA_DEAD
+            # counters outlive the keys: a batch that meets a closed SA is counted on it
+            self.c.out_count[<int>Status.SA_DEAD] += n
         else:
             ok = encap_burst(&self.c, buf, buflen, off, lens, status, idx, n, stride)
         PyThread_release_lock(self._lock)
@@ -421,28 +446,30 @@ cdef class SAState:
         if self._closed:
             for i in range(n):
                 status[idx[i] if idx != NULL else i] = Status.SA_DEAD
+            # counters outlive the keys: a batch that meets a closed SA is counted on it
+            self.c.in_count[<int>Status.SA_DEAD] += n
         else:
             ok = decap_burst(&self.c, buf, buflen, off, lens, status, idx, n, verify)
         PyThread_release_lock(self._lock)
         return ok
 
-    def encap_batch(self, buf, offsets, lengths, status, Py_ssize_t stride, *, indices=None):
+    def encap_batch(self, buf, offsets, lengths, status, stride, *, indices=None):
         """Encapsulate packets in place. Packet i is buf[offsets[i] : offsets[i] + lengths[i]]
         and must lie in slot i, buf[i * stride : (i + 1) * stride]: headers are written in
         front of it (``headroom`` bytes) and the trailer and ICV after it (up to ``tailroom``).
         offsets (int64) and lengths (uint32) are updated for packets that succeed; status[i]
         (uint8) gets each packet's Status. With indices (a uint32 array of distinct packet
         numbers) only those packets are processed and only their entries change. Returns the
-        number of packets that succeeded."""
-        if stride <= 0:
-            raise ValueError(f"stride must be positive, got {stride}")
-        return self._batch(buf, offsets, lengths, status, stride, True, indices)
+        number of packets that succeeded. A packet outside its slot or the buffer, a bad
+        stride or index, arrays of different lengths or sharing memory raise ValueError
+        before anything is processed (docs/embedding.md, "Caller errors")."""
+        return self._batch(buf, offsets, lengths, status, batch_stride(stride), True, indices)
 
     def decap_batch(self, buf, offsets, lengths, status, *, bint verify=True, indices=None):
         """Decapsulate packets in place: packet i is buf[offsets[i] : offsets[i] + lengths[i]];
         results never grow, so no slot rule applies. offsets and lengths are updated for
         packets that succeed; status[i] gets each packet's Status. Returns the number of
-        packets that succeeded. indices works as for encap_batch."""
+        packets that succeeded. indices and the caller errors (ValueError) as for encap_batch."""
         return self._batch(buf, offsets, lengths, status, 0, verify, indices)
 
     cdef uint32_t _batch(self, object buf, object offsets, object lengths, object status,
@@ -460,7 +487,11 @@ cdef class SAState:
             if indices is not None:
                 acquire_array(indices, &vi, 4, b"IL", "indices")
                 have_idx = True
+                # statuses are written at indices: they must not be able to rewrite them
+                batch_apart(&b, &vi, "indices")
                 idx = <const uint32_t *>vi.buf
+                if vi.len // 4 > b.n:
+                    raise ValueError(f"indices holds {vi.len // 4} packet numbers for {b.n} packets")
                 count = <uint32_t>(vi.len // 4)
                 seen = bytearray(b.n)
                 for j in range(count):
@@ -491,20 +522,43 @@ cdef class SAState:
         return self.decap_burst_c(buf, buflen, off, lens, status, n, verify, idx)
 
 
+cdef Py_ssize_t as_ssize(object value, str what) except? -1:
+    """A size argument as a C size; an integer past 64 bits is a ValueError like any other
+    bad size (a conversion's OverflowError is not), a non-integer a TypeError."""
+    try:
+        return value
+    except OverflowError:
+        raise ValueError(f"{what} does not fit a 64-bit size") from None
+
+
+cdef Py_ssize_t batch_stride(object stride) except -1:
+    cdef Py_ssize_t s = as_ssize(stride, "stride")
+    if s <= 0:
+        raise ValueError(f"stride must be positive, got {s}")
+    return s
+
+
 cdef int batch_take(batch_bufs_t *b, object buf, object offsets, object lengths,
-                    object status) except -1:
+                    object status, bint status_optional=False) except -1:
     """Take the buffers of a batch call and check that they describe one batch; status may
-    be None (I/O calls that write no status). On an error nothing stays held."""
+    be None with status_optional (I/O calls that write no status). On an error nothing
+    stays held."""
+    cdef Py_ssize_t n
     b.held = 0
     b.status = NULL
     try:
+        if status is None and not status_optional:
+            raise TypeError("status must be a writable uint8 array, not None")
         acquire_array(buf, &b.views[0], 1, b"Bbc", "buf")
         b.held = 1
         acquire_array(offsets, &b.views[1], 8, b"qln", "offsets")
         b.held = 2
         acquire_array(lengths, &b.views[2], 4, b"IL", "lengths")
         b.held = 3
-        b.n = <uint32_t>(b.views[1].len // 8)
+        n = b.views[1].len // 8
+        if n > MAX_BATCH:
+            raise ValueError(f"offsets holds {n} entries: a batch is at most {MAX_BATCH} packets")
+        b.n = <uint32_t>n
         if status is not None:
             acquire_array(status, &b.views[3], 1, b"B", "status")
             b.held = 4
@@ -513,6 +567,16 @@ cdef int batch_take(batch_bufs_t *b, object buf, object offsets, object lengths,
             raise ValueError(f"offsets ({b.n}), lengths ({b.views[2].len // 4})"
                              + (f" and status ({b.views[3].len})" if status is not None else "")
                              + " must describe the same number of packets")
+        # the kernel writes some of these while it reads the others: shared memory would let
+        # a write change a checked offset or length under it
+        if (_overlap(b.views[0].buf, b.views[0].len, b.views[1].buf, b.views[1].len)
+                or _overlap(b.views[0].buf, b.views[0].len, b.views[2].buf, b.views[2].len)
+                or _overlap(b.views[1].buf, b.views[1].len, b.views[2].buf, b.views[2].len)):
+            check_apart(&b.views[1], "offsets", &b.views[0], "buf")
+            check_apart(&b.views[2], "lengths", &b.views[0], "buf")
+            check_apart(&b.views[2], "lengths", &b.views[1], "offsets")
+        if status is not None:
+            batch_apart(b, &b.views[3], "status")
     except BaseException:
         batch_release(b)
         raise
@@ -529,22 +593,106 @@ cdef void batch_release(batch_bufs_t *b) noexcept:
         PyBuffer_Release(&b.views[b.held])
 
 
+cdef inline bint _overlap(const void *a, Py_ssize_t alen, const void *b, Py_ssize_t blen) noexcept nogil:
+    cdef uintptr_t pa = <uintptr_t>a, pb = <uintptr_t>b
+    return alen > 0 and blen > 0 and pa < pb + <uintptr_t>blen and pb < pa + <uintptr_t>alen
+
+
+cdef int check_apart(const Py_buffer *a, str aname, const Py_buffer *b, str bname) except -1:
+    if _overlap(a.buf, a.len, b.buf, b.len):
+        _shared(aname, bname)
+    return 0
+
+
+cdef int check_disjoint(const void *a, Py_ssize_t alen, str aname, const void *b, Py_ssize_t blen,
+                        str bname) except -1:
+    if _overlap(a, alen, b, blen):
+        _shared(aname, bname)
+    return 0
+
+
+cdef int _shared(str aname, str bname) except -1:
+    raise ValueError(f"{aname} and {bname} share memory: each array of a batch call must be its own")
+
+
+cdef int batch_apart(const batch_bufs_t *b, const Py_buffer *view, str what) except -1:
+    cdef int k
+    for k in range(b.held):
+        if &b.views[k] != view and _overlap(view.buf, view.len, b.views[k].buf, b.views[k].len):
+            break
+    else:
+        return 0
+    check_apart(view, what, &b.views[0], "buf")
+    check_apart(view, what, &b.views[1], "offsets")
+    check_apart(view, what, &b.views[2], "lengths")
+    if b.held == 4 and view != &b.views[3]:
+        check_apart(view, what, &b.views[3], "status")
+    return 0
+
+
 cdef int batch_check_places(const batch_bufs_t *b, Py_ssize_t stride, const uint32_t *idx,
                             uint32_t count) except -1:
-    """Packets idx[0..count) (0..count without idx) must lie inside the buffer, and with a
-    stride inside their own slots. Written so that no sum can overflow, whatever was passed."""
-    cdef uint32_t j
-    cdef Py_ssize_t i, lo, hi
+    return check_places(b.size, b.off, b.lens, stride, idx, count)
+
+
+cdef int check_places(Py_ssize_t size, const int64_t *off, const uint32_t *lens, Py_ssize_t stride,
+                      const uint32_t *idx, Py_ssize_t count, const uint8_t *status=NULL,
+                      const uint8_t *table=NULL, Py_ssize_t front=0) except -1:
+    # Every bound is formed from values already known to be in [0, size], so no sum or
+    # product can overflow whatever was passed: slot i starts inside the buffer only if
+    # i <= size // stride, and only then is i * stride computed.
+    cdef Py_ssize_t j, i, o, lo = 0, hi = size, last = 0
+    cdef uint32_t l
+    if stride < 0:
+        raise ValueError(f"stride must be positive, got {stride}")
+    if stride == 0 and table == NULL and front == 0:
+        # the common case of decapsulation and the engine's inbound path, without branches
+        for j in range(count):
+            i = idx[j] if idx != NULL else j
+            o, l = off[i], lens[i]
+            if o < 0 or o > size or l > size - o:
+                _bad_place(i, o, l, 0, size, 0)
+        return 0
+    if stride:
+        last = size // stride
     for j in range(count):
         i = idx[j] if idx != NULL else j
-        lo, hi = 0, b.size
+        if table != NULL and not table[status[i]]:
+            continue
+        o, l = off[i], lens[i]
         if stride:
-            lo, hi = i * stride, min((i + 1) * stride, b.size)
-        if b.off[i] < lo or b.off[i] > hi or b.lens[i] > hi - b.off[i]:
-            where = f"its slot [{lo}, {(i + 1) * stride})" if stride else "the buffer"
-            raise ValueError(f"packet {i} (offset {b.off[i]}, length {b.lens[i]}) is not inside "
-                             f"{where} of a {b.size}-byte buffer")
+            if i > last:
+                _bad_place(i, o, l, stride, size, front)
+            lo = i * stride
+            hi = lo + (stride if stride < size - lo else size - lo)
+        if o < lo or o < front or o > hi or l > hi - o:
+            _bad_place(i, o, l, stride, size, front)
     return 0
+
+
+cdef int check_regions(const uint8_t *buf, Py_ssize_t size, const int64_t *off, Py_ssize_t noff,
+                       const uint32_t *lens, Py_ssize_t nlens, Py_ssize_t front) except -1:
+    """The place check for calls over typed memoryviews (the floors): as many lengths as
+    offsets, every region inside buf with front bytes before it, the arrays apart from buf."""
+    if noff != nlens:
+        raise ValueError(f"offsets ({noff}) and lengths ({nlens}) must describe the same number of packets")
+    if noff == 0:
+        return 0
+    check_disjoint(off, noff * 8, "offsets", buf, size, "buf")
+    check_disjoint(lens, nlens * 4, "lengths", buf, size, "buf")
+    return check_places(size, off, lens, 0, NULL, noff, NULL, NULL, front)
+
+
+cdef int _bad_place(Py_ssize_t i, int64_t o, uint32_t l, Py_ssize_t stride, Py_ssize_t size,
+                    Py_ssize_t front) except -1:
+    # in Python integers: the slot of a huge stride is described as it is, not as it wraps
+    cdef object pi = i, ps = stride
+    if stride:
+        where = f"its slot [{pi * ps}, {(pi + 1) * ps})"
+    else:
+        where = "the buffer"
+    raise ValueError(f"packet {i} (offset {o}, length {l}) is not inside {where} of a {size}-byte buffer"
+                     + (f" (with {front} bytes in front of it)" if front else ""))
 
 
 cdef int acquire_array(object obj, Py_buffer *view, Py_ssize_t itemsize, const char *codes,

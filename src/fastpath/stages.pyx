@@ -38,9 +38,10 @@ from libc.stdlib cimport calloc, free
 from fastpath._include.compat cimport fp_prefetch_packet
 from fastpath.crypto cimport crypto_op_t
 from fastpath.esp_in cimport decap_prepare, decap_finish
-from fastpath.esp_out cimport encap_prepare, encap_finish, CHUNK, PREFETCH_AHEAD
+from fastpath.esp_out cimport encap_prepare, encap_finish, slot_end, CHUNK, PREFETCH_AHEAD
 from fastpath.replay cimport replay_check, replay_update
-from fastpath.sa cimport SAState, batch_bufs_t, batch_take, batch_release, batch_check_places, acquire_array
+from fastpath.sa cimport (SAState, batch_bufs_t, batch_take, batch_release, batch_check_places, batch_apart,
+                          batch_stride, check_apart, acquire_array)
 from fastpath.state cimport sa_t, pkt_meta_t
 from fastpath.status cimport Status
 
@@ -211,6 +212,7 @@ def parse_batch(SAState sa not None, buf, offsets, lengths, status, seqs=None):
         if seqs is not None:
             acquire_array(seqs, &vs, 8, b"QL", "seqs")
             have_seqs = True
+            batch_apart(&b, &vs, "seqs")
             if vs.len // 8 < b.n:
                 raise ValueError(f"seqs holds {vs.len // 8} numbers for {b.n} packets")
             sq = <uint64_t *>vs.buf
@@ -232,11 +234,17 @@ cdef int _take_seqs(Py_buffer *vs, Py_buffer *vst, seqs, status, uint32_t *n) ex
     except BaseException:
         PyBuffer_Release(vs)
         raise
-    n[0] = <uint32_t>(vs.len // 8)
-    if vst.len < n[0]:
+    try:
+        check_apart(vst, "status", vs, "seqs")
+        if vs.len // 8 > 0xffffffff:
+            raise ValueError(f"seqs holds {vs.len // 8} numbers: a batch is at most {0xffffffff} packets")
+        if vst.len < vs.len // 8:
+            raise ValueError(f"status holds {vst.len} entries for {vs.len // 8} sequence numbers")
+    except BaseException:
         PyBuffer_Release(vst)
         PyBuffer_Release(vs)
-        raise ValueError(f"status holds {vst.len} entries for {n[0]} sequence numbers")
+        raise
+    n[0] = <uint32_t>(vs.len // 8)
     return 0
 
 
@@ -343,23 +351,20 @@ def finish_open(SAState sa not None, Ops ops not None):
 
 # ---------------------------------------------------------------------------- outbound
 
-def prepare_seal(SAState sa not None, buf, offsets, lengths, status, Py_ssize_t stride):
+def prepare_seal(SAState sa not None, buf, offsets, lengths, status, stride):
     """encap's prepare over a batch (slots of stride bytes, as encap_batch): takes the
     sequence numbers and lays each packet out in place, keeping the crypto operations for
     seal_batch. status[i] gets the prepare's Status."""
-    if stride <= 0:
-        raise ValueError(f"stride must be positive, got {stride}")
-    cdef Ops o = _new_ops(sa, KIND_SEAL, buf, offsets, lengths, status, stride)
+    cdef Py_ssize_t width = batch_stride(stride)
+    cdef Ops o = _new_ops(sa, KIND_SEAL, buf, offsets, lengths, status, width)
     cdef uint32_t i
     cdef uint8_t *lo
     cdef uint8_t *hi
     cdef sa_t *c = &sa.c
     _lock(sa)
     for i in range(o.n):
-        lo = o.b.data + <size_t>i * stride
-        hi = lo + stride
-        if hi > o.b.data + o.b.size:
-            hi = o.b.data + o.b.size
+        lo = o.b.data + <size_t>i * width
+        hi = slot_end(o.b.data, <size_t>o.b.size, <size_t>i * width, width)
         if i + PREFETCH_AHEAD < o.n:
             fp_prefetch_packet(o.b.data + o.b.off[i + PREFETCH_AHEAD], o.b.lens[i + PREFETCH_AHEAD])
         o.prep[i] = encap_prepare(c, lo, o.b.data + o.b.off[i], o.b.lens[i], hi, &o.ops[i], &o.meta[i])

@@ -29,6 +29,7 @@ import itertools
 import logging
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -107,7 +108,11 @@ class Engine:
         self._deferred = 0
         self._pending = False
         self._in_tables: dict[int, SecurityAssociation] = {}
+        # counters of SAs gone from the tables (see _publish)
+        self._count_lock = threading.Lock()
         self._retired: dict[str, collections.Counter] = {"in": collections.Counter(), "out": collections.Counter()}
+        self._draining: list[tuple[SecurityAssociation, list[weakref.ref]]] = []
+        self._past_tables: list[weakref.ref] = []
         self._events: collections.deque[dict] = collections.deque(maxlen=history)
         self._event_ids = itertools.count(1)
         self._last_acquire: dict[int, float] = {}
@@ -196,14 +201,36 @@ class Engine:
                 rows.append((sa.kernel, sa.direction == "in", rules, hard.packets, hard.bytes, peer))
             tables = EngineTables(outbound, inbound, rows, spis, sorted(ports | self._listen_udp) or [4500],
                                   _Context(out_policies, sas))
-            # counters of SAs leaving the tables are kept in the totals
-            current = {id(sa): sa for sa in sas}
+            self._publish(tables, {id(sa): sa for sa in sas})
+
+    def _publish(self, tables: EngineTables, current: dict[int, SecurityAssociation]) -> None:
+        """Swap the tables in. An SA leaving them still counts until no batch can be running
+        on tables that hold it: a batch that took the old tables just before the swap may
+        still be processing (or, once the SA is closed, marking SA_DEAD) on it. So it drains,
+        read live, until every tables object published before the swap is gone (a running
+        batch holds a reference to its own); only then are its final counts folded into the
+        totals. Every packet is in exactly one of: the engine's own counts, a live SA, a
+        draining SA, the folded totals."""
+        with self._count_lock:
+            self._past_tables = [r for r in self._past_tables if r() is not None]
+            self._past_tables.append(weakref.ref(self._core.tables))
             for key, sa in self._in_tables.items():
                 if key not in current:
-                    for direction, counts in sa.counters().items():
-                        self._retired[direction].update({k: v for k, v in counts.items() if v})
+                    self._draining.append((sa, list(self._past_tables)))
             self._in_tables = current
             self._core.load(tables)
+        self._fold_drained()
+
+    def _fold_drained(self) -> None:
+        with self._count_lock:
+            still = []
+            for sa, tables in self._draining:
+                if any(r() is not None for r in tables):
+                    still.append((sa, tables))
+                    continue
+                for direction, counts in sa.counters().items():
+                    self._retired[direction].update({k: v for k, v in counts.items() if v})
+            self._draining = still
 
     def listen_udp(self, *ports: int) -> None:
         """UDP ports ESP-in-UDP arrives on besides those of the installed SAs (a gateway's own
@@ -279,7 +306,9 @@ class Engine:
         for direction, counts in self._core.counters().items():
             for name, n in counts.items():
                 seen[("engine", direction, name)] = n
-        for sa in list(self._in_tables.values()):
+        with self._count_lock:
+            sas = list(self._in_tables.values()) + [sa for sa, _ in self._draining]
+        for sa in sas:
             for name, n in sa.counters()[sa.direction].items():
                 if n and name not in _NOT_DROPS:
                     seen[(f"SA {sa.spi:#010x}", sa.direction, name)] = n
@@ -294,13 +323,19 @@ class Engine:
     # -- counters -------------------------------------------------------------------------
 
     def counters(self) -> dict:
-        """Totals per direction and outcome (engine decisions, live and retired SAs), and
-        each live SA's own counters."""
-        totals = {d: collections.Counter(c) for d, c in self._retired.items()}
+        """Totals per direction and outcome (engine decisions, live, draining and retired
+        SAs), and each live SA's own counters."""
+        self._fold_drained()
+        with self._count_lock:
+            totals = {d: collections.Counter(c) for d, c in self._retired.items()}
+            live = list(self._in_tables.values())
+            for sa, _ in self._draining:
+                for direction, counts in sa.counters().items():
+                    totals[direction].update({k: v for k, v in counts.items() if v})
         for direction, counts in self._core.counters().items():
             totals[direction].update(counts)
         sas = []
-        for sa in list(self._in_tables.values()):
+        for sa in live:
             c = sa.counters()
             for direction in ("in", "out"):
                 totals[direction].update({k: v for k, v in c[direction].items() if v})

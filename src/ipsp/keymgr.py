@@ -149,7 +149,9 @@ class KeyManagerAPI:
         return self.describe(self.sad.get(spi, dst, direction, group_source))
 
     def describe(self, sa: SecurityAssociation) -> dict:
-        nbytes, npackets = sa.usage()
+        # one snapshot: usage and counters from the same read, so they agree
+        counters = sa.counters()[sa.direction]
+        nbytes, npackets = counters["bytes"], counters["packets"]
         now = self.clock()
         c = sa.config
         live = not sa.kernel.closed
@@ -166,7 +168,7 @@ class KeyManagerAPI:
             "retire_in": None if sa.retire_at is None else max(0.0, sa.retire_at - now),
             "seq_out": sa.kernel.seq_out if live and sa.direction == "out" else None,
             "replay_top": sa.kernel.replay_top if live and sa.direction == "in" else None,
-            "counters": {k: v for k, v in sa.counters()[sa.direction].items() if v},
+            "counters": {k: v for k, v in counters.items() if v},
         }
 
     def del_sa(self, spi: int, dst, direction: str = "in", *, group_source=None) -> None:

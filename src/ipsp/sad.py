@@ -97,7 +97,6 @@ class SecurityAssociation:
         self.replaced_at: float | None = None     # a rekey installed its successor then
         self.retire_at: float | None = None       # and it is deleted at this time
         self._usage_at_replace = (0, 0)
-        self._final_counters: dict | None = None
 
     @property
     def spi(self) -> int:
@@ -109,14 +108,13 @@ class SecurityAssociation:
 
     def usage(self) -> tuple[int, int]:
         """(bytes, packets) this SA has processed successfully in its direction."""
-        if self.kernel.closed:
-            return self._final_usage
-        c = self.kernel.counters()["out" if self.direction == "out" else "in"]
+        c = self.kernel.counters()[self.direction]
         return c["bytes"], c["packets"]
 
     def counters(self) -> dict:
-        """The kernel's counters (the last ones it had, once dead)."""
-        return self._final_counters if self.kernel.closed and self._final_counters else self.kernel.counters()
+        """The kernel's counters. They outlive close(): a batch that was running when the SA
+        died is in them, and so is every packet that met it dead (SA_DEAD)."""
+        return self.kernel.counters()
 
     def replace(self, now: float, grace: float) -> None:
         """A rekey installed the successor: keep working for *grace* seconds (packets
@@ -159,10 +157,10 @@ class SecurityAssociation:
         return None
 
     def kill(self) -> None:
-        """Dead: the kernel state closes (keys wiped); its packets get SA_DEAD."""
+        """Dead: the kernel state closes (keys wiped, after any batch running on it); its
+        packets get SA_DEAD, counted on it. No counter is copied here: a copy taken before
+        close() would miss the batch close() waits for."""
         if self.state is not SAStateName.DEAD:
-            self._final_usage = self.usage()
-            self._final_counters = self.kernel.counters()
             self.state = SAStateName.DEAD
             self.kernel.close()
 
