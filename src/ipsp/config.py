@@ -267,6 +267,8 @@ def _config(doc: Mapping[str, Any], path: str | None, env: Mapping[str, str]) ->
     connections = _connections(doc, {p.name: p for p in peers}, ike, sas, policies)
     if connections and ike is None:
         ike = IkeSettings()
+    if connections and gateway is not None:
+        _gateway_runs(gateway, connections)
     if connections and gateway is not None and gateway.outer == "udp" and ike.port == gateway.udp_port:
         # the gateway serves IKE's NAT port on its own udp_port and binds ike.port beside it
         raise ConfigError(f"IKE's port must differ from gateway.udp_port ({gateway.udp_port}), where the gateway "
@@ -299,6 +301,17 @@ def _connections(doc: Mapping[str, Any], peers: Mapping[str, Peer], ike: IkeSett
                               key=f"{key}.peer")
         out.append(c)
     return tuple(out)
+
+
+def _gateway_runs(gw: GatewaySettings, connections: tuple[Connection, ...]) -> None:
+    """What ``ipsp gateway`` needs of its connections: IKE speaks from the gateway's one outer
+    address, and ESP in UDP needs the gateway's UDP socket."""
+    for i, c in enumerate(connections):
+        if c.encap and gw.outer != "udp":
+            raise ConfigError('encap = true needs gateway.outer = "udp"', key=f"connection[{i}].encap")
+        if c.remote is not None and c.remote.version != gw.local.version:
+            raise ConfigError(f"remote is IPv{c.remote.version}, the gateway's local address {gw.local} "
+                              f"IPv{gw.local.version}", key=f"connection[{i}].remote")
 
 
 # -- small checks ---------------------------------------------------------------------------
@@ -397,8 +410,8 @@ def interface_name(value: Any, key: str) -> str:
     name = _str(value, key)
     raw = name.encode("utf-8", "surrogatepass")
     if len(raw) >= _IFNAMSIZ:
-        raise ConfigError(f"an interface name is at most {_IFNAMSIZ - 1} bytes (this one is {len(raw)} as UTF-8)",
-                          key=key)
+        raise ConfigError(f"not a network interface name: at most {_IFNAMSIZ - 1} bytes (this one is {len(raw)} "
+                          "as UTF-8)", key=key)
     if name in (".", "..") or "\0" in name or any(b in _IF_SPACE or b in b"/:" for b in raw) \
             or any(0xD800 <= ord(c) <= 0xDFFF for c in name):
         raise ConfigError("not a network interface name (Linux refuses '.', '..', '/', ':', NUL and spaces)",

@@ -314,11 +314,17 @@ def sa_from_mapping(entry: Mapping[str, Any], *, key: str = "sa", allow_insecure
         if not isinstance(m, Mapping) or set(m) - {"src", "dst"}:
             raise ConfigError("match takes a table with 'src' and/or 'dst' prefixes", key=f"{key}.match")
         any4, any6 = "0.0.0.0/0", "::/0"
-        src = _network(m.get("src", any6 if ":" in str(m.get("dst", "")) else any4), f"{key}.match.src")
+        dst_text = m.get("dst", "")
+        src = _network(m.get("src", any6 if isinstance(dst_text, str) and ":" in dst_text else any4),
+                       f"{key}.match.src")
         dst = _network(m.get("dst", any6 if src.version == 6 else any4), f"{key}.match.dst")
         kw["match"] = Selector(src, dst)
     kw["allow_insecure"] = kw.get("allow_insecure", False) or allow_insecure
     try:
-        return SAConfig(**kw)
+        config = SAConfig(**kw)
+        # what the kernel refuses (a transform its backend lacks) must fail here, where
+        # `ipsp config check` sees it, not when a daemon installs the SA
+        config.make_state().close()
     except ConfigError as exc:
         raise ConfigError(exc.message, key=f"{key}.{exc.key}" if exc.key else key) from None
+    return config
