@@ -29,6 +29,9 @@ __all__ = ["IpsecError", "ConfigError", "shown", "redact", "bound", "note_once",
 _KEYLIKE_DIGITS = 16
 _TOKEN = re.compile(r"[0-9A-Za-z:]{%d,}" % _KEYLIKE_DIGITS)
 _HEX = frozenset("0123456789abcdefABCDEF")
+# a key glued to other text ("frobnicate0011...", "aes128gcm16-0011..."): 32 hex digits in a row
+# (16 bytes) are no word, name or number a configuration holds
+_HEX_RUN = re.compile(r"(?:0[xX])?[0-9a-fA-F]{32,}")
 _SHOWN_CHARS = 40            # a value longer than this is shown by its length
 
 
@@ -52,7 +55,7 @@ def _hide(m: re.Match) -> str:
 
 def redact(message: str) -> str:
     """*message* with every key-like run of hex digits replaced by a note."""
-    return _TOKEN.sub(_hide, message)
+    return _HEX_RUN.sub("(hidden: it could be key material)", _TOKEN.sub(_hide, message))
 
 
 def shown(value: object, width: int = _SHOWN_CHARS) -> str:
@@ -65,7 +68,7 @@ def shown(value: object, width: int = _SHOWN_CHARS) -> str:
         # 15 decimal digits are at most 13 hex ones: no key fits
         return str(value) if abs(value) < 10**15 else f"a {value.bit_length()}-bit integer"
     if isinstance(value, str):
-        if looks_like_key(value) or looks_like_key("".join(value.split())):
+        if looks_like_key(value) or looks_like_key("".join(value.split())) or _HEX_RUN.search(value):
             return f"a hex string of {len(value)} characters (not shown: it could be key material)"
         if len(value) > width:
             return f"a string of {len(value)} characters"
