@@ -235,7 +235,7 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
 def _config(doc: Mapping[str, Any], path: str | None, env: Mapping[str, str]) -> Config:
     if not isinstance(doc, Mapping):
         raise ConfigError("a configuration document is a table")
-    _no_unknown(doc, _TOP, None, "top-level ")
+    unknown_keys(doc, _TOP, None, "top-level ")
     allow = doc.get("allow_insecure", False)
     if not isinstance(allow, bool):
         raise ConfigError("expected true or false", key="allow_insecure")
@@ -332,9 +332,6 @@ def _tables(doc: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
     return entries
 
 
-_no_unknown = unknown_keys
-
-
 def _str(value: Any, key: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError("expected a non-empty string", key=key, got=value)
@@ -387,7 +384,7 @@ def _freeze(value: Any) -> Any:
 # -- [engine] -------------------------------------------------------------------------------
 
 def _engine(t: dict[str, Any]) -> EngineSettings:
-    _no_unknown(t, _ENGINE, "engine")
+    unknown_keys(t, _ENGINE, "engine")
     kw: dict[str, Any] = {}
     for name in ("rekey_grace", "log_interval"):
         if name in t:
@@ -449,7 +446,7 @@ _MIN_MTU = {4: 576, 6: 1280}     # RFC 1122 3.3.3 (what every IPv4 host reassemb
 
 
 def _gateway(t: dict[str, Any]) -> GatewaySettings:
-    _no_unknown(t, _GATEWAY, "gateway")
+    unknown_keys(t, _GATEWAY, "gateway")
     for required in ("local", "address"):
         if required not in t:
             raise ConfigError(f"missing required key {required!r}", key="gateway")
@@ -524,7 +521,7 @@ def _gateway_fits(gw: GatewaySettings, sas: list[tuple[str, ManualSA]]) -> None:
 # -- lifetimes (RFC 4301 4.4.2.1) -----------------------------------------------------------
 
 def _lifetimes(t: dict[str, Any], key: str) -> Lifetimes:
-    _no_unknown(t, {f"{w}_{k}" for w in ("soft", "hard") for k in _LIMITS}, key)
+    unknown_keys(t, {f"{w}_{k}" for w in ("soft", "hard") for k in _LIMITS}, key)
     soft: dict[str, Any] = {}
     hard: dict[str, Any] = {}
     for name, attr in _LIMITS.items():
@@ -555,7 +552,7 @@ def _defaults(t: dict[str, Any], allow: bool, env: Mapping[str, str]) -> dict[st
     for name in t:
         if name in _NO_DEFAULT:
             raise ConfigError(f"{name} picks out one SA and cannot be a default", key=f"defaults.{name}")
-    _no_unknown(t, _SA_KEYS | _SA_EXTRA, "defaults")
+    unknown_keys(t, _SA_KEYS | _SA_EXTRA, "defaults")
     _sa_extras(t, "defaults")
     allow = allow or t.get("allow_insecure") is True
     for name, value in t.items():
@@ -664,7 +661,7 @@ def _sender(value: Any, key: str, config: SAConfig) -> IPv4Address | IPv6Address
 # -- [[peer]] (the PAD, RFC 4301 4.4.3) -----------------------------------------------------
 
 def _peer(t: dict[str, Any], key: str, env: Mapping[str, str]) -> Peer:
-    _no_unknown(t, _PEER, key)
+    unknown_keys(t, _PEER, key)
     for required in ("name", "id", "auth"):
         if required not in t:
             raise ConfigError(f"missing required key {required!r}", key=key)
@@ -711,7 +708,7 @@ def _unique_peers(peers: list[Peer]) -> None:
 # -- [[policy]] (the SPD, RFC 4301 4.4.1) ---------------------------------------------------
 
 def _policy(t: dict[str, Any], key: str) -> Policy:
-    _no_unknown(t, _POLICY, key)
+    unknown_keys(t, _POLICY, key)
     direction = _choice(t.get("direction", "out"), _DIRECTIONS, f"{key}.direction")
     if "action" not in t:
         raise ConfigError("missing required key 'action' (protect, bypass or discard)", key=key)

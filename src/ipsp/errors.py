@@ -54,8 +54,13 @@ def _hide(m: re.Match) -> str:
 
 
 def redact(message: str) -> str:
-    """*message* with every key-like run of hex digits replaced by a note."""
-    return _HEX_RUN.sub("(hidden: it could be key material)", _TOKEN.sub(_hide, message))
+    """*message* with every key-like run of hex digits replaced by a note, and on one line:
+    a control character from the input (a newline in an identity off the network) is escaped,
+    so no error can forge a second log line."""
+    message = _HEX_RUN.sub("(hidden: it could be key material)", _TOKEN.sub(_hide, message))
+    if not message.isprintable():
+        message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    return message
 
 
 def shown(value: object, width: int = _SHOWN_CHARS) -> str:

@@ -391,3 +391,11 @@ def test_notes_wait_for_the_outermost_block(caplog):
     assert _warnings(caplog) == ["f.toml:sa[7].proposal: the Diffie-Hellman group after aes128gcm16 is ignored: "
                                  "a manually keyed SA has no key exchange (the group means PFS for IKE-keyed "
                                  "Child SAs)"]
+
+
+def test_an_error_is_one_line_whatever_its_text():
+    from ipsp.pad import PeerAuthorizationDatabase
+
+    with pytest.raises(ConfigError) as e:
+        PeerAuthorizationDatabase().authorize("fqdn:a\nFAKE LOG LINE", "192.0.2.1", [])
+    assert "\n" not in str(e.value) and "a\\nFAKE" in str(e.value)
