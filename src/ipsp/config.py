@@ -27,7 +27,7 @@ from ipsp.errors import ConfigError, bound, notes_on_success, shown
 from ipsp.ike.config import Connection, IkeSettings, connection, ike_settings
 from ipsp.pad import Identity, Peer
 from ipsp.sa import _KNOWN as _SA_KEYS
-from ipsp.sa import SAConfig, _address, _bytes, _network, sa_from_mapping, unknown_keys, warn_if_exposed
+from ipsp.sa import SAConfig, _address, _bytes, _network, sa_from_mapping, text, unknown_keys, warn_if_exposed
 from ipsp.sad import Lifetime, Lifetimes
 from ipsp.spd import ANY, Action, Direction, Policy, PolicySelector
 
@@ -332,12 +332,6 @@ def _tables(doc: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
     return entries
 
 
-def _str(value: Any, key: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError("expected a non-empty string", key=key, got=value)
-    return value
-
-
 def _integer(value: Any, key: str, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError("expected an integer", key=key, got=value)
@@ -404,7 +398,7 @@ _IF_SPACE = frozenset(b" \t\n\v\f\r\xa0")
 
 
 def interface_name(value: Any, key: str) -> str:
-    name = _str(value, key)
+    name = text(value, key)
     raw = name.encode("utf-8", "surrogatepass")
     if len(raw) >= _IFNAMSIZ:
         raise ConfigError(f"not a network interface name: at most {_IFNAMSIZ - 1} bytes (this one is {len(raw)} "
@@ -423,7 +417,7 @@ _SUN_PATH = 108
 def file_path(value: Any, key: str) -> str:
     """A path the OS can take: a non-empty string without NUL that encodes to the file system's
     bytes (open() would raise ValueError or UnicodeEncodeError at start, not here)."""
-    path = _str(value, key)
+    path = text(value, key)
     if "\0" in path:
         raise ConfigError("a path cannot hold a NUL character", key=key)
     try:
@@ -577,7 +571,7 @@ def _defaults(t: dict[str, Any], allow: bool, env: Mapping[str, str]) -> dict[st
 def _sa_extras(t: Mapping[str, Any], key: str) -> tuple[int, str | None, str, Lifetimes]:
     """The keys a configuration-file SA has beyond the ``ipsp trace`` schema."""
     reqid = _integer(t.get("reqid", 0), f"{key}.reqid", 0, _UINT32)
-    label = _str(t["label"], f"{key}.label") if "label" in t else None
+    label = text(t["label"], f"{key}.label") if "label" in t else None
     replay = _choice(t.get("replay", "shared"), _REPLAY, f"{key}.replay")
     lifetimes = _lifetimes(_table(t.get("lifetime", {}), f"{key}.lifetime"), f"{key}.lifetime")
     return reqid, label, replay, lifetimes
@@ -665,15 +659,15 @@ def _peer(t: dict[str, Any], key: str, env: Mapping[str, str]) -> Peer:
     for required in ("name", "id", "auth"):
         if required not in t:
             raise ConfigError(f"missing required key {required!r}", key=key)
-    name = _str(t["name"], f"{key}.name")
+    name = text(t["name"], f"{key}.name")
     ids = t["id"] if isinstance(t["id"], list) else [t["id"]]
     if not ids:
         raise ConfigError("a peer needs at least one identity", key=f"{key}.id")
     identities = []
-    for j, text in enumerate(ids):
+    for j, ident in enumerate(ids):
         where = f"{key}.id[{j}]" if isinstance(t["id"], list) else f"{key}.id"
         try:
-            identities.append(Identity.parse(_str(text, where)))
+            identities.append(Identity.parse(text(ident, where)))
         except ConfigError as exc:
             raise ConfigError(exc.message, key=where) from None
     auth = _choice(t["auth"], ("psk", "pubkey"), f"{key}.auth")
@@ -746,7 +740,7 @@ def _policy(t: dict[str, Any], key: str) -> Policy:
         raise ConfigError(f"reqid is only for protect policies (this one is {t['action']})", key=f"{key}.reqid")
     else:
         reqid = 0
-    label = _str(t["label"], f"{key}.label") if "label" in t else None
+    label = text(t["label"], f"{key}.label") if "label" in t else None
     try:
         selector = PolicySelector(src, dst, proto, **ports)
     except ConfigError as exc:        # checked above; kept so no error goes out without a key

@@ -228,6 +228,19 @@ def _bytes(value: Any, key: str, env: Mapping[str, str]) -> bytes:
         raise ConfigError("not a valid hex string", key=key) from None
 
 
+def text(value: Any, key: str) -> str:
+    """A non-empty string that encodes as UTF-8: a lone surrogate (possible from JSON on the
+    control socket or a Python caller, never from TOML) would fail later, when a name is
+    printed, logged or put into an IKE payload."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError("expected a non-empty string", key=key, got=value)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError("not valid Unicode text (it holds a lone surrogate)", key=key) from None
+    return value
+
+
 def _address(value: Any, key: str) -> IPAddress:
     if not isinstance(value, str):           # ip_address(1) would be 0.0.0.1
         raise ConfigError("expected an address string", key=key, got=value)

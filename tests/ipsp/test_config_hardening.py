@@ -238,7 +238,9 @@ GW = {"local": "198.51.100.1", "address": "10.1.0.1"}
 @pytest.mark.parametrize("doc,key,says", [
     ({"engine": {"control_socket": "/run/a\0b"}}, "engine.control_socket", "cannot hold a NUL"),
     ({"engine": {"control_socket": "/run/" + "s" * 120}}, "engine.control_socket", "at most 107 bytes"),
-    ({"engine": {"control_socket": "/run/\udcff\ud800"}}, "engine.control_socket", "cannot encode"),
+    ({"engine": {"control_socket": "/run/\udcff\ud800"}}, "engine.control_socket", "lone surrogate"),
+    ({"peer": [{"name": "p\udcff", "id": "fqdn:p", "auth": "pubkey", "ca": "/a"}]}, "peer[0].name", "lone surrogate"),
+    ({"sa": [_sa(label="\ud800")]}, "sa[0].label", "lone surrogate"),
     ({"gateway": {**GW, "tun": "é" * 15}}, "gateway.tun", "at most 15 bytes (this one is 30 as UTF-8)"),
     ({"gateway": {**GW, "tun": "tunà"}}, "gateway.tun", "not a network interface name"),    # c3 a0: isspace
     ({"gateway": {**GW, "tun": "a:b"}}, "gateway.tun", "not a network interface name"),
@@ -274,6 +276,8 @@ PEER = [{"name": "p", "id": "fqdn:p.example", "auth": "psk", "psk": "0x" + "22" 
     ({}, {**GW, "outer": "esp"}, "connection[0].encap", 'needs gateway.outer = "udp"'),
     ({"remote": "2001:db8::2"}, GW, "connection[0].remote", "IPv6, the gateway's local address"),
     ({}, {**GW, "udp_port": 500}, "ike.port", "must differ from gateway.udp_port"),
+    ({"remote_id": "fqdn:gw\udcff"}, None, "connection[0].remote_id", "lone surrogate"),
+    ({"esp_proposals": ["aes128gcm16", "\ud800"]}, None, "connection[0].esp_proposals[1]", "lone surrogate"),
 ])
 def test_connections_fail_at_check_not_at_start(conn, gateway, key, says):
     doc = {"peer": PEER, "connection": [{**CONN, **conn}]}

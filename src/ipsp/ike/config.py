@@ -16,7 +16,7 @@ from typing import Any, Mapping
 from ipsp.errors import ConfigError, shown
 from ipsp.ike.proposals import EspProposal, IkeProposal, parse_esp, parse_ike
 from ipsp.pad import Identity
-from ipsp.sa import _address, _network, check_replay_window, unknown_keys, warn_if_exposed
+from ipsp.sa import _address, _network, check_replay_window, text, unknown_keys, warn_if_exposed
 
 __all__ = ["IkeSettings", "Connection", "ike_settings", "connection", "DEFAULT_IKE", "DEFAULT_ESP"]
 
@@ -86,7 +86,7 @@ def _identity(v: Any, key: str) -> Identity:
     if not isinstance(v, str):
         raise ConfigError("expected an identity such as 'fqdn:gw.example.net'", key=key)
     try:
-        return Identity.parse(v)
+        return Identity.parse(text(v, key))
     except ConfigError as exc:
         raise ConfigError(exc.message, key=key) from None
 
@@ -95,13 +95,7 @@ def _strs(v: Any, key: str) -> tuple[str, ...]:
     items = v if isinstance(v, list) else [v]
     if not items or not all(isinstance(x, str) and x for x in items):
         raise ConfigError("expected a string or a non-empty list of strings", key=key)
-    return tuple(items)
-
-
-def _one(v: Any, key: str) -> str:
-    if not isinstance(v, str) or not v:
-        raise ConfigError("expected a non-empty string", key=key, got=v)
-    return v
+    return tuple(text(x, f"{key}[{j}]" if isinstance(v, list) else key) for j, x in enumerate(items))
 
 
 def _paths(v: Any, key: str) -> tuple[str, ...]:
@@ -136,7 +130,7 @@ def ike_settings(t: Mapping[str, Any]) -> IkeSettings:
         kw["local_id"] = _identity(t["local_id"], "ike.local_id")
     for name in ("cert", "key"):
         if name in t:
-            kw[name] = _paths(_one(t[name], f"ike.{name}"), f"ike.{name}")[0]
+            kw[name] = _paths(text(t[name], f"ike.{name}"), f"ike.{name}")[0]
     if ("cert" in kw) != ("key" in kw):
         raise ConfigError("a certificate needs its private key and the other way round",
                           key="ike.key" if "cert" in kw else "ike.cert")
@@ -179,8 +173,8 @@ def connection(t: Mapping[str, Any], key: str, index: int, peers: Mapping[str, A
     for required in ("name", "peer", "local_ts", "remote_ts"):
         if required not in t:
             raise ConfigError(f"missing required key {required!r}", key=key)
-    name = _one(t["name"], f"{key}.name")
-    peer = _one(t["peer"], f"{key}.peer")
+    name = text(t["name"], f"{key}.name")
+    peer = text(t["peer"], f"{key}.peer")
     if peer not in peers:
         raise ConfigError(f"no [[peer]] is named {shown(peer)}", key=f"{key}.peer")
     remote = _address(t["remote"], f"{key}.remote") if "remote" in t else None
