@@ -15,8 +15,8 @@ ConfigError naming the file and the full key path (``policy[3].dport``).
 from __future__ import annotations
 
 import ipaddress
+import functools
 import os
-import stat
 import tomllib
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -27,7 +27,8 @@ from ipsp.errors import ConfigError, bound, notes_on_success, shown
 from ipsp.ike.config import Connection, IkeSettings, connection, ike_settings
 from ipsp.pad import Identity, Peer
 from ipsp.sa import _KNOWN as _SA_KEYS
-from ipsp.sa import SAConfig, _address, _bytes, _network, sa_from_mapping, text, unknown_keys, warn_if_exposed
+from ipsp.sa import (SAConfig, _address, _bytes, _network, file_path, sa_from_mapping, text, unknown_keys,
+                     warn_if_exposed)
 from ipsp.sad import Lifetime, Lifetimes
 from ipsp.spd import ANY, Action, Direction, Policy, PolicySelector
 
@@ -45,8 +46,6 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
-            if stat.S_ISDIR(st.st_mode):
-                raise ConfigError("is a directory, not a TOML file", path=where)
             doc = tomllib.load(f)
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", path=where) from None
@@ -58,7 +57,7 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError("not valid TOML for ipsp: nested too deeply", path=where) from None
     except MemoryError:
         raise ConfigError("too large to parse", path=where) from None
-    except ValueError as exc:       # tomllib's int() of an integer past Python's 4300-digit limit
+    except ValueError as exc:       # tomllib's int() of an integer past Python's 4300-digit limit (3.11+)
         raise ConfigError(f"not valid TOML: {exc}", path=where) from None
     if _inline_secret(doc):
         with notes_on_success(where):
@@ -80,6 +79,7 @@ def _whole(document_function):
     """Loading raises ConfigError and nothing else: a document built in Python (or from JSON
     on the control socket) can nest deeper than any check's recursion. Warnings come out only
     when it succeeds."""
+    @functools.wraps(document_function)
     def wrapper(doc, *, path=None, env=None):
         try:
             with notes_on_success(path):
@@ -88,8 +88,6 @@ def _whole(document_function):
             raise ConfigError("nested too deeply", path=path) from None
         except MemoryError:
             raise ConfigError("too large", path=path) from None
-    wrapper.__name__, wrapper.__doc__ = document_function.__name__, document_function.__doc__
-    wrapper.__qualname__ = document_function.__qualname__
     return wrapper
 
 
@@ -268,11 +266,7 @@ def _config(doc: Mapping[str, Any], path: str | None, env: Mapping[str, str]) ->
     if connections and ike is None:
         ike = IkeSettings()
     if connections and gateway is not None:
-        _gateway_runs(gateway, connections)
-    if connections and gateway is not None and gateway.outer == "udp" and ike.port == gateway.udp_port:
-        # the gateway serves IKE's NAT port on its own udp_port and binds ike.port beside it
-        raise ConfigError(f"IKE's port must differ from gateway.udp_port ({gateway.udp_port}), where the gateway "
-                          "takes IKE's NAT-T traffic", key="ike.port")
+        _gateway_runs(gateway, ike, connections)
     return Config(path, engine, _freeze(defaults), tuple(peers), tuple(policies), tuple(sas), gateway, ike,
                   connections)
 
@@ -303,9 +297,13 @@ def _connections(doc: Mapping[str, Any], peers: Mapping[str, Peer], ike: IkeSett
     return tuple(out)
 
 
-def _gateway_runs(gw: GatewaySettings, connections: tuple[Connection, ...]) -> None:
-    """What ``ipsp gateway`` needs of its connections: IKE speaks from the gateway's one outer
-    address, and ESP in UDP needs the gateway's UDP socket."""
+def _gateway_runs(gw: GatewaySettings, ike: IkeSettings, connections: tuple[Connection, ...]) -> None:
+    """What ``ipsp gateway`` needs of its IKE daemon and connections: IKE speaks from the
+    gateway's one outer address and takes NAT-T traffic on its udp_port (binding ike.port
+    beside it), and ESP in UDP needs that socket."""
+    if gw.outer == "udp" and ike.port == gw.udp_port:
+        raise ConfigError(f"IKE's port must differ from gateway.udp_port ({gw.udp_port}), where the gateway "
+                          "takes IKE's NAT-T traffic", key="ike.port")
     for i, c in enumerate(connections):
         if c.encap and gw.outer != "udp":
             raise ConfigError('encap = true needs gateway.outer = "udp"', key=f"connection[{i}].encap")
@@ -399,12 +397,11 @@ _IF_SPACE = frozenset(b" \t\n\v\f\r\xa0")
 
 def interface_name(value: Any, key: str) -> str:
     name = text(value, key)
-    raw = name.encode("utf-8", "surrogatepass")
+    raw = name.encode()
     if len(raw) >= _IFNAMSIZ:
         raise ConfigError(f"not a network interface name: at most {_IFNAMSIZ - 1} bytes (this one is {len(raw)} "
                           "as UTF-8)", key=key)
-    if name in (".", "..") or "\0" in name or any(b in _IF_SPACE or b in b"/:" for b in raw) \
-            or any(0xD800 <= ord(c) <= 0xDFFF for c in name):
+    if name in (".", "..") or any(b in _IF_SPACE or b in b"/:\0" for b in raw):
         raise ConfigError("not a network interface name (Linux refuses '.', '..', '/', ':', NUL and spaces)",
                           key=key, got=name)
     return name
@@ -412,19 +409,6 @@ def interface_name(value: Any, key: str) -> str:
 
 # AF_UNIX: sun_path is 108 bytes, the path's bytes and a NUL (unix(7))
 _SUN_PATH = 108
-
-
-def file_path(value: Any, key: str) -> str:
-    """A path the OS can take: a non-empty string without NUL that encodes to the file system's
-    bytes (open() would raise ValueError or UnicodeEncodeError at start, not here)."""
-    path = text(value, key)
-    if "\0" in path:
-        raise ConfigError("a path cannot hold a NUL character", key=key)
-    try:
-        os.fsencode(path)
-    except UnicodeError:
-        raise ConfigError("a path the file system cannot encode", key=key, got=path) from None
-    return path
 
 
 def _socket_path(value: Any, key: str) -> str:

@@ -241,6 +241,19 @@ def text(value: Any, key: str) -> str:
     return value
 
 
+def file_path(value: Any, key: str) -> str:
+    """A path the OS can take: no NUL, and encodable to the file system's bytes (open() would
+    raise ValueError or UnicodeEncodeError when a daemon starts, not when the file is checked)."""
+    path = text(value, key)
+    if "\0" in path:
+        raise ConfigError("a path cannot hold a NUL character", key=key)
+    try:
+        os.fsencode(path)
+    except UnicodeError:
+        raise ConfigError("a path the file system cannot encode", key=key, got=path) from None
+    return path
+
+
 def _address(value: Any, key: str) -> IPAddress:
     if not isinstance(value, str):           # ip_address(1) would be 0.0.0.1
         raise ConfigError("expected an address string", key=key, got=value)

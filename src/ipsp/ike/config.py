@@ -16,7 +16,7 @@ from typing import Any, Mapping
 from ipsp.errors import ConfigError, shown
 from ipsp.ike.proposals import EspProposal, IkeProposal, parse_esp, parse_ike
 from ipsp.pad import Identity
-from ipsp.sa import _address, _network, check_replay_window, text, unknown_keys, warn_if_exposed
+from ipsp.sa import _address, _network, check_replay_window, file_path, text, unknown_keys, warn_if_exposed
 
 __all__ = ["IkeSettings", "Connection", "ike_settings", "connection", "DEFAULT_IKE", "DEFAULT_ESP"]
 
@@ -101,15 +101,7 @@ def _strs(v: Any, key: str) -> tuple[str, ...]:
 def _paths(v: Any, key: str) -> tuple[str, ...]:
     """Files to read at start: no NUL, encodable (open() would fail there, not here)."""
     items = _strs(v, key)
-    for j, p in enumerate(items):
-        where = f"{key}[{j}]" if isinstance(v, list) else key
-        if "\0" in p:
-            raise ConfigError("a path cannot hold a NUL character", key=where)
-        try:
-            os.fsencode(p)
-        except UnicodeError:
-            raise ConfigError("a path the file system cannot encode", key=where, got=p) from None
-    return items
+    return tuple(file_path(p, f"{key}[{j}]" if isinstance(v, list) else key) for j, p in enumerate(items))
 
 
 def _number(v: Any, key: str, lo: float, hi: float, *, integer: bool = False) -> Any:
