@@ -22,8 +22,9 @@ from ipsp.transforms import Transform, parse_esp_proposal
 
 __all__ = ["SAConfig", "Selector", "sa_from_mapping", "KEY_FILE_MAX", "warn_if_exposed"]
 
-# a key file holds one key as hex text (a 64-byte key is 130 characters): 4 KiB is room for
-# comments' worth of slack, and /dev/zero or a log file named by mistake is refused at once
+# a key file holds one key as hex text (a 64-byte key is 130 characters, with separators
+# under 200): 4 KiB leaves room for whitespace, and /dev/zero or a log file named by mistake
+# is refused after one read
 KEY_FILE_MAX = 4096
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

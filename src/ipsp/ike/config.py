@@ -151,7 +151,7 @@ def ike_settings(t: Mapping[str, Any]) -> IkeSettings:
 def _private_key_mode(path: str) -> None:
     try:
         st = os.stat(path)
-    except (OSError, ValueError):
+    except OSError:
         return                   # ipsp.ike.certs reports what is wrong with it when it loads it
     warn_if_exposed(st, f"private key file {shown(path, 256)}", "ike.key")
 
