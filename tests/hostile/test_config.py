@@ -9,6 +9,7 @@ control-socket reply (issue 11 items 4, 8, 9)."""
 from __future__ import annotations
 
 import copy
+import os
 import functools
 import json
 import logging
@@ -335,3 +336,36 @@ def test_control_socket_sa_add_does_not_echo_a_key(tmp_path):
               "enc_key": K20, **table}
         reply = srv.handle(json.dumps({"op": "sa_add", **sa}).encode())
         assert reply["ok"] is False and not re.search("5e5e5e5e5e5e5e5e", reply["error"]), reply
+
+
+ROTATION = [(path, keypath, TOML_VALUES[i % len(TOML_VALUES)]) for i, (path, keypath) in enumerate(CONFIG_FIELDS)]
+
+
+@pytest.mark.parametrize("path,keypath,value", ROTATION,
+                         ids=[f"{k}-{TOML_VALUES[i % len(TOML_VALUES)][0]}" for i, (_, k, _) in enumerate(ROTATION)])
+def test_config_check_subprocess_every_field(tmp_path, path, keypath, value):
+    """A real `python -m ipsp config check` per field (one corpus value each, in rotation, so
+    every value meets the real process somewhere): exit 0 or 1, one line, no traceback."""
+    f = tmp_path / "c.toml"
+    f.write_text(_toml(_with(BASE, path, value[1])), encoding="utf-8", errors="surrogatepass")
+    f.chmod(0o600)
+    r = subprocess.run([sys.executable, "-m", "ipsp", "config", "check", str(f)], capture_output=True, text=True,
+                       timeout=120, env={**os.environ, **ENV})
+    assert r.returncode in (0, 1) and "Traceback" not in r.stderr, r.stderr
+    if r.returncode == 1:
+        assert r.stdout == "" and r.stderr.count("\n") == 1, r.stderr
+        assert re.match(rf"{re.escape(str(f))}:[^ ]+: |{re.escape(str(f))}: not valid TOML", r.stderr), r.stderr
+
+
+@pytest.mark.parametrize("path,keypath", SA_FIELDS, ids=[k for _, k in SA_FIELDS])
+def test_load_sa_file_over_the_corpus(tmp_path, path, keypath):
+    f = tmp_path / "sa.toml"
+    for name, value in TOML_VALUES:
+        f.write_text(_toml(_with(SA_FILE, path, value)), encoding="utf-8", errors="surrogatepass")
+        f.chmod(0o600)
+        try:
+            load_sa_file(f, env=ENV)
+        except ConfigError as err:
+            assert err.path == str(f), (name, str(err))
+            if err.key is not None:                  # None: tomllib refused the text itself
+                _check(err, keypath)
