@@ -40,6 +40,10 @@ class Identity:
             raise ConfigError(f"identity {shown(text, 128)} must be one of {', '.join(k + ':...' for k in _KINDS)}")
         if kind == "ip":
             try:
+                # an ID payload carries the packed address, which has no IPv6 zone: "fe80::1%eth0"
+                # would never equal what a peer sends
+                if "%" in value:
+                    raise ValueError(value)
                 value = str(ipaddress.ip_address(value))
             except ValueError:
                 raise ConfigError(f"identity {shown(text, 128)} is not an IP address") from None

@@ -255,6 +255,8 @@ GW = {"local": "198.51.100.1", "address": "10.1.0.1"}
      "AES-GMAC is not offered by the intel-ipsec-mb backend"),
     ({"sa": [_sa(src="fe80::1%eth0", dst="fe80::2")]}, "sa[0].src", "not an IPv4 or IPv6 address"),
     ({"sa": [_sa(spi="9" * 5000)]}, "sa[0].spi", "expected an integer"),
+    ({"peer": [{"name": "p", "id": "ip:fe80::1%eth0", "auth": "pubkey", "ca": "/a"}]}, "peer[0].id",
+     "is not an IP address"),
 ])
 def test_config_check_refuses_what_the_daemons_refuse(doc, key, says):
     if key is None:
