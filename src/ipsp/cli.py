@@ -326,24 +326,11 @@ def _key_ref(env: str | None, path: str | None) -> dict | None:
 
 
 def _sa_tables_from_file(path: str) -> list[dict]:
-    import tomllib
+    from ipsp.config import read_toml, sa_tables
 
-    try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", path=path) from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"not valid TOML: {exc}", path=path) from None
-    unknown = sorted(set(doc) - {"sa", "allow_insecure"})
-    if unknown:
-        raise ConfigError(f"unknown top-level key(s) {', '.join(unknown)} (an SA file holds [[sa]] tables "
-                          "and allow_insecure)", path=path)
-    tables = doc.get("sa")
-    if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
-        raise ConfigError("no SAs: expected one or more [[sa]] tables", path=path, key="sa")
+    tables, allow = sa_tables(read_toml(path), path=path)
     for t in tables:
-        if doc.get("allow_insecure") is True:
+        if allow:
             t.setdefault("allow_insecure", True)
         for name in ("enc_key", "auth_key"):
             ref = t.get(name)

@@ -15,6 +15,7 @@ ConfigError naming the file and the full key path (``policy[3].dport``).
 from __future__ import annotations
 
 import ipaddress
+import functools
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -22,43 +23,101 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from ipsp.errors import ConfigError
+from ipsp.errors import ConfigError, bound, notes_on_success, shown
 from ipsp.ike.config import Connection, IkeSettings, connection, ike_settings
 from ipsp.pad import Identity, Peer
 from ipsp.sa import _KNOWN as _SA_KEYS
-from ipsp.sa import SAConfig, _address, _bytes, _network, sa_from_mapping
+from ipsp.sa import (SAConfig, _address, _bytes, _network, file_path, sa_from_mapping, text, unknown_keys,
+                     warn_if_exposed)
 from ipsp.sad import Lifetime, Lifetimes
 from ipsp.spd import ANY, Action, Direction, Policy, PolicySelector
 
-__all__ = ["load_sa_file", "sas_from_document", "load_config", "config_from_document",
+__all__ = ["load_sa_file", "sas_from_document", "load_config", "config_from_document", "read_toml",
            "Config", "EngineSettings", "GatewaySettings", "ManualSA"]
 
+_SECRET_KEYS = ("enc_key", "auth_key", "psk")
 
-def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The parsed TOML document at *path*: the one reader of ipsp's TOML files. Any failure,
+    a nesting that exhausts the parser's stack included, is a ConfigError naming the file. A
+    file that holds secrets inline and is readable by others draws a warning."""
+    where = str(path)
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            st = os.fstat(f.fileno())
+            doc = tomllib.load(f)
     except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", path=str(path)) from None
+        raise ConfigError(f"cannot read: {exc.strerror}", path=where) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML: {exc}", path=str(path)) from None
+        raise ConfigError(f"not valid TOML: {exc}", path=where) from None
     except UnicodeDecodeError:
-        raise ConfigError("not valid TOML: not UTF-8 text", path=str(path)) from None
+        raise ConfigError("not valid TOML: not UTF-8 text", path=where) from None
+    except RecursionError:
+        raise ConfigError("not valid TOML for ipsp: nested too deeply", path=where) from None
+    except MemoryError:
+        raise ConfigError("too large to parse", path=where) from None
+    except ValueError as exc:       # tomllib's int() of an integer past Python's 4300-digit limit (3.11+)
+        raise ConfigError(f"not valid TOML: {exc}", path=where) from None
+    if _inline_secret(doc):
+        with notes_on_success(where):
+            warn_if_exposed(st, "this file holds keys and")
+    return doc
 
 
+def _inline_secret(doc: Mapping[str, Any]) -> bool:
+    """Whether a document writes a key itself (not a {file} or {env} reference) anywhere one goes."""
+    tables = [doc.get("defaults")] + [t for name in ("sa", "peer") for t in _maybe_list(doc.get(name))]
+    return any(isinstance(t, dict) and isinstance(t.get(k), str) for t in tables for k in _SECRET_KEYS)
+
+
+def _maybe_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _whole(document_function):
+    """Loading raises ConfigError and nothing else: a document built in Python (or from JSON
+    on the control socket) can nest deeper than any check's recursion. Warnings come out only
+    when it succeeds."""
+    @functools.wraps(document_function)
+    def wrapper(doc, *, path=None, env=None):
+        try:
+            with notes_on_success(path):
+                return document_function(doc, path=path, env=env)
+        except RecursionError:
+            raise ConfigError("nested too deeply", path=path) from None
+        except MemoryError:
+            raise ConfigError("too large", path=path) from None
+    return wrapper
+
+
+def sa_tables(doc: Mapping[str, Any], *, path: str | None = None) -> tuple[list[Mapping[str, Any]], bool]:
+    """The ``[[sa]]`` tables of an SA file's document and its allow_insecure: the SA-file
+    schema, for ``ipsp trace`` and ``ipsp sa add --file`` alike."""
+    if not isinstance(doc, Mapping):
+        raise ConfigError("an SA file is a table of [[sa]] tables", path=path)
+    try:
+        unknown_keys(doc, {"sa", "allow_insecure"}, None, "top-level ")
+    except ConfigError as exc:
+        raise ConfigError(f"{exc.message} (an SA file holds [[sa]] tables and allow_insecure)", path=path) from None
+    allow = doc.get("allow_insecure", False)
+    if not isinstance(allow, bool):
+        raise ConfigError("expected true or false", path=path, key="allow_insecure", got=allow)
+    entries = doc.get("sa")
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError("no SAs: expected one or more [[sa]] tables", path=path, key="sa")
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, Mapping):
+            raise ConfigError("an [[sa]] entry must be a table", path=path, key=f"sa[{i}]", got=entry)
+    return entries, allow
+
+
+@_whole
 def sas_from_document(doc: Mapping[str, Any], *, path: str | None = None,
                       env: Mapping[str, str] | None = None) -> list[SAConfig]:
     """SAConfigs from a parsed document's ``[[sa]]`` array; checks that SPIs are unique per
     destination (the inbound lookup key, RFC 4301 4.1)."""
-    unknown = sorted(set(doc) - {"sa", "allow_insecure"})
-    if unknown:
-        raise ConfigError(f"unknown top-level key(s) {', '.join(unknown)}", path=path)
-    allow = doc.get("allow_insecure", False)
-    if not isinstance(allow, bool):
-        raise ConfigError("expected true or false", path=path, key="allow_insecure")
-    entries = doc.get("sa")
-    if not isinstance(entries, list) or not entries:
-        raise ConfigError("no SAs: expected one or more [[sa]] tables", path=path, key="sa")
+    entries, allow = sa_tables(doc, path=path)
     sas: list[SAConfig] = []
     seen: dict[tuple[int, bytes], int] = {}
     for i, entry in enumerate(entries):
@@ -77,7 +136,8 @@ def sas_from_document(doc: Mapping[str, Any], *, path: str | None = None,
 
 def load_sa_file(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> list[SAConfig]:
     """The SAs of a TOML file, validated; raises ConfigError naming file and key path."""
-    return sas_from_document(_read_toml(path), path=str(path), env=env)
+    with notes_on_success(str(path)):
+        return sas_from_document(read_toml(path), path=str(path), env=env)
 
 
 # -- the configuration file -----------------------------------------------------------------
@@ -153,6 +213,7 @@ _UINT32 = 0xFFFFFFFF
 _ANY = {4: ipaddress.ip_network("0.0.0.0/0"), 6: ipaddress.ip_network("::/0")}
 
 
+@_whole
 def config_from_document(doc: Mapping[str, Any], *, path: str | None = None,
                          env: Mapping[str, str] | None = None) -> Config:
     """A Config from a parsed TOML document; ``env`` (default os.environ) resolves
@@ -165,13 +226,14 @@ def config_from_document(doc: Mapping[str, Any], *, path: str | None = None,
 
 def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
     """The configuration file at *path*, validated as a whole."""
-    return config_from_document(_read_toml(path), path=str(path), env=env)
+    with notes_on_success(str(path)):
+        return config_from_document(read_toml(path), path=str(path), env=env)
 
 
 def _config(doc: Mapping[str, Any], path: str | None, env: Mapping[str, str]) -> Config:
     if not isinstance(doc, Mapping):
         raise ConfigError("a configuration document is a table")
-    _no_unknown(doc, _TOP, None, "top-level ")
+    unknown_keys(doc, _TOP, None, "top-level ")
     allow = doc.get("allow_insecure", False)
     if not isinstance(allow, bool):
         raise ConfigError("expected true or false", key="allow_insecure")
@@ -203,6 +265,8 @@ def _config(doc: Mapping[str, Any], path: str | None, env: Mapping[str, str]) ->
     connections = _connections(doc, {p.name: p for p in peers}, ike, sas, policies)
     if connections and ike is None:
         ike = IkeSettings()
+    if connections and gateway is not None:
+        _gateway_runs(gateway, ike, connections)
     return Config(path, engine, _freeze(defaults), tuple(peers), tuple(policies), tuple(sas), gateway, ike,
                   connections)
 
@@ -219,7 +283,7 @@ def _connections(doc: Mapping[str, Any], peers: Mapping[str, Peer], ike: IkeSett
         key = f"connection[{i}]"
         c = connection(t, key, i, peers)
         if c.name in names:
-            raise ConfigError(f"connection name {c.name!r} is already used by connection[{names[c.name]}]",
+            raise ConfigError(f"connection name {shown(c.name)} is already used by connection[{names[c.name]}]",
                               key=f"{key}.name")
         names[c.name] = i
         if c.reqid in reqids:
@@ -227,86 +291,78 @@ def _connections(doc: Mapping[str, Any], peers: Mapping[str, Peer], ike: IkeSett
             raise ConfigError(f"reqid {c.reqid} is already used by {reqids[c.reqid]}", key=f"{key}.reqid")
         reqids[c.reqid] = key
         if peers[c.peer].auth == "pubkey" and (ike is None or ike.cert is None):
-            raise ConfigError(f"peer {c.peer!r} authenticates with certificates: [ike] needs cert and key",
+            raise ConfigError(f"peer {shown(c.peer)} authenticates with certificates: [ike] needs cert and key",
                               key=f"{key}.peer")
         out.append(c)
     return tuple(out)
+
+
+def _gateway_runs(gw: GatewaySettings, ike: IkeSettings, connections: tuple[Connection, ...]) -> None:
+    """What ``ipsp gateway`` needs of its IKE daemon and connections: IKE speaks from the
+    gateway's one outer address and takes NAT-T traffic on its udp_port (binding ike.port
+    beside it), and ESP in UDP needs that socket."""
+    if gw.outer == "udp" and ike.port == gw.udp_port:
+        raise ConfigError(f"IKE's port must differ from gateway.udp_port ({gw.udp_port}), where the gateway "
+                          "takes IKE's NAT-T traffic", key="ike.port")
+    for i, c in enumerate(connections):
+        if c.encap and gw.outer != "udp":
+            raise ConfigError('encap = true needs gateway.outer = "udp"', key=f"connection[{i}].encap")
+        if c.remote is not None and c.remote.version != gw.local.version:
+            raise ConfigError(f"remote is IPv{c.remote.version}, the gateway's local address {gw.local} "
+                              f"IPv{gw.local.version}", key=f"connection[{i}].remote")
 
 
 # -- small checks ---------------------------------------------------------------------------
 
 def _table(value: Any, key: str) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise ConfigError(f"expected a table, got {type(value).__name__}", key=key)
+        raise ConfigError("expected a table", key=key, got=value)
     return value
 
 
 def _tables(doc: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
     entries = doc.get(name, [])
     if not isinstance(entries, list):
-        raise ConfigError(f"expected an array of tables ([[{name}]])", key=name)
+        raise ConfigError(f"expected an array of tables ([[{name}]])", key=name, got=entries)
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
-            raise ConfigError(f"a [[{name}]] entry must be a table, got {type(entry).__name__}", key=f"{name}[{i}]")
+            raise ConfigError(f"a [[{name}]] entry must be a table", key=f"{name}[{i}]", got=entry)
     return entries
-
-
-def _no_unknown(table: Mapping[str, Any], known: set[str], key: str | None, what: str = "") -> None:
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise ConfigError(f"unknown {what}key(s) {', '.join(unknown)}", key=key)
-
-
-def _str(value: Any, key: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"expected a non-empty string, got {value!r}", key=key)
-    return value
 
 
 def _integer(value: Any, key: str, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"expected an integer, got {value!r}", key=key)
+        raise ConfigError("expected an integer", key=key, got=value)
     if not lo <= value <= hi:
-        raise ConfigError(f"must be {lo}..{hi}, got {value}", key=key)
+        raise ConfigError(f"must be {bound(lo)}..{bound(hi)}", key=key, got=value)
     return value
 
 
 def _seconds(value: Any, key: str, *, positive: bool) -> float:
     # the bounds also refuse NaN, and 400-digit integers (tomllib's are unbounded) before float()
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1e18 < value < 1e18:
-        raise ConfigError(f"expected a number of seconds, got {value!r}", key=key)
+        raise ConfigError("expected a number of seconds", key=key, got=value)
     if value < 0 or (positive and value == 0):
-        raise ConfigError(f"must be {'above' if positive else 'at least'} 0, got {value}", key=key)
+        raise ConfigError(f"must be {'above' if positive else 'at least'} 0", key=key, got=value)
     return float(value)
 
 
 def _choice(value: Any, choices: Mapping[str, Any] | tuple[str, ...], key: str) -> Any:
     if not isinstance(value, str) or value not in choices:
-        raise ConfigError(f"must be one of {', '.join(choices)}, got {value!r}", key=key)
+        raise ConfigError(f"must be one of {', '.join(choices)}", key=key, got=value)
     return choices[value] if isinstance(choices, Mapping) else value
 
 
 def _list(value: Any, key: str) -> list[Any]:
     if not isinstance(value, list):
-        raise ConfigError(f"expected an array, got {type(value).__name__}", key=key)
+        raise ConfigError("expected an array", key=key, got=value)
     return value
 
 
 def _prefix(value: Any, key: str):
     if not isinstance(value, str):          # ipaddress would take an integer (or a bool) as an address
-        raise ConfigError(f"expected a prefix such as '10.1.0.0/16', got {value!r}", key=key)
+        raise ConfigError("expected a prefix such as '10.1.0.0/16'", key=key, got=value)
     return _network(value, key)
-
-
-def _secret(value: Any, key: str, env: Mapping[str, str]) -> bytes:
-    """Key material as ipsp.sa reads it: "0x.." hex, {file = "..."} or {env = "..."}. The
-    table's value must be a string: open() would take an integer as a file descriptor."""
-    if isinstance(value, dict) and not all(isinstance(v, str) and v and "\0" not in v for v in value.values()):
-        raise ConfigError("a key table's 'file' or 'env' must name a file or variable (a string)", key=key)
-    try:
-        return _bytes(value, key, env)
-    except UnicodeDecodeError:
-        raise ConfigError(f"key file {value['file']!r} is not hex text", key=key) from None
 
 
 def _freeze(value: Any) -> Any:
@@ -320,35 +376,61 @@ def _freeze(value: Any) -> Any:
 # -- [engine] -------------------------------------------------------------------------------
 
 def _engine(t: dict[str, Any]) -> EngineSettings:
-    _no_unknown(t, _ENGINE, "engine")
+    unknown_keys(t, _ENGINE, "engine")
     kw: dict[str, Any] = {}
     for name in ("rekey_grace", "log_interval"):
         if name in t:
             kw[name] = _seconds(t[name], f"engine.{name}", positive=False)
     if "control_socket" in t:
-        kw["control_socket"] = _str(t["control_socket"], "engine.control_socket")
+        kw["control_socket"] = _socket_path(t["control_socket"], "engine.control_socket")
     return EngineSettings(**kw)
 
 
 # -- [gateway] ------------------------------------------------------------------------------
 
+_IFNAMSIZ = 16
+# Linux's dev_valid_name(): below IFNAMSIZ bytes (TUNSETIFF takes the UTF-8 bytes), not "."
+# or "..", no '/', ':' or byte its isspace() takes (which, in the kernel's Latin-1 ctype table,
+# includes 0xa0: "à" is c3 a0)
+_IF_SPACE = frozenset(b" \t\n\v\f\r\xa0")
+
+
+def interface_name(value: Any, key: str) -> str:
+    name = text(value, key)
+    raw = name.encode()
+    if len(raw) >= _IFNAMSIZ:
+        raise ConfigError(f"not a network interface name: at most {_IFNAMSIZ - 1} bytes (this one is {len(raw)} "
+                          "as UTF-8)", key=key)
+    if name in (".", "..") or any(b in _IF_SPACE or b in b"/:\0" for b in raw):
+        raise ConfigError("not a network interface name (Linux refuses '.', '..', '/', ':', NUL and spaces)",
+                          key=key, got=name)
+    return name
+
+
+# AF_UNIX: sun_path is 108 bytes, the path's bytes and a NUL (unix(7))
+_SUN_PATH = 108
+
+
+def _socket_path(value: Any, key: str) -> str:
+    path = file_path(value, key)
+    if len(os.fsencode(path)) >= _SUN_PATH:
+        raise ConfigError(f"a Unix socket path is at most {_SUN_PATH - 1} bytes (unix(7)); this one is "
+                          f"{len(os.fsencode(path))}", key=key)
+    return path
+
+
 _OUTER = ("udp", "esp")
 _MIN_MTU = {4: 576, 6: 1280}     # RFC 1122 3.3.3 (what every IPv4 host reassembles), RFC 8200 5
-_IFNAMSIZ = 16
 
 
 def _gateway(t: dict[str, Any]) -> GatewaySettings:
-    _no_unknown(t, _GATEWAY, "gateway")
+    unknown_keys(t, _GATEWAY, "gateway")
     for required in ("local", "address"):
         if required not in t:
             raise ConfigError(f"missing required key {required!r}", key="gateway")
     kw: dict[str, Any] = {}
     if "tun" in t:
-        name = _str(t["tun"], "gateway.tun")
-        if len(name) >= _IFNAMSIZ or name in (".", "..") or any(c in name for c in "/: \t\n\0"):
-            raise ConfigError(f"not a network interface name (at most {_IFNAMSIZ - 1} characters, no '/', ':' "
-                              f"or spaces): {name!r}", key="gateway.tun")
-        kw["tun"] = name
+        kw["tun"] = interface_name(t["tun"], "gateway.tun")
     local = _address(t["local"], "gateway.local")
     if local.is_unspecified or local.is_multicast or local.is_loopback:
         raise ConfigError(f"must be a unicast address of this host (the outer packets' source), got {local}",
@@ -417,7 +499,7 @@ def _gateway_fits(gw: GatewaySettings, sas: list[tuple[str, ManualSA]]) -> None:
 # -- lifetimes (RFC 4301 4.4.2.1) -----------------------------------------------------------
 
 def _lifetimes(t: dict[str, Any], key: str) -> Lifetimes:
-    _no_unknown(t, {f"{w}_{k}" for w in ("soft", "hard") for k in _LIMITS}, key)
+    unknown_keys(t, {f"{w}_{k}" for w in ("soft", "hard") for k in _LIMITS}, key)
     soft: dict[str, Any] = {}
     hard: dict[str, Any] = {}
     for name, attr in _LIMITS.items():
@@ -448,13 +530,13 @@ def _defaults(t: dict[str, Any], allow: bool, env: Mapping[str, str]) -> dict[st
     for name in t:
         if name in _NO_DEFAULT:
             raise ConfigError(f"{name} picks out one SA and cannot be a default", key=f"defaults.{name}")
-    _no_unknown(t, _SA_KEYS | _SA_EXTRA, "defaults")
+    unknown_keys(t, _SA_KEYS | _SA_EXTRA, "defaults")
     _sa_extras(t, "defaults")
     allow = allow or t.get("allow_insecure") is True
     for name, value in t.items():
         key = f"defaults.{name}"
         if name in ("enc_key", "auth_key"):
-            _secret(value, key, env)          # its length depends on the proposal: checked per SA
+            _bytes(value, key, env)          # its length depends on the proposal: checked per SA
         elif name in _SA_KEYS:
             # try the value in an otherwise valid SA and keep only errors about this key
             probe = {**_PROBE, name: value}
@@ -473,7 +555,7 @@ def _defaults(t: dict[str, Any], allow: bool, env: Mapping[str, str]) -> dict[st
 def _sa_extras(t: Mapping[str, Any], key: str) -> tuple[int, str | None, str, Lifetimes]:
     """The keys a configuration-file SA has beyond the ``ipsp trace`` schema."""
     reqid = _integer(t.get("reqid", 0), f"{key}.reqid", 0, _UINT32)
-    label = _str(t["label"], f"{key}.label") if "label" in t else None
+    label = text(t["label"], f"{key}.label") if "label" in t else None
     replay = _choice(t.get("replay", "shared"), _REPLAY, f"{key}.replay")
     lifetimes = _lifetimes(_table(t.get("lifetime", {}), f"{key}.lifetime"), f"{key}.lifetime")
     return reqid, label, replay, lifetimes
@@ -509,9 +591,9 @@ def _sa_merged(merged: dict[str, Any], entry: Mapping[str, Any], key: str, allow
     direction = _choice(merged["direction"], ("in", "out"), f"{key}.direction")
     reqid, label, replay, lifetimes = _sa_extras(merged, key)
     fields = {k: v for k, v in merged.items() if k not in _SA_EXTRA}
-    for name in ("enc_key", "auth_key"):       # resolved here: see _secret
+    for name in ("enc_key", "auth_key"):       # resolved once, here
         if name in fields:
-            fields[name] = "0x" + _secret(fields[name], f"{key}.{name}", env).hex()
+            fields[name] = "0x" + _bytes(fields[name], f"{key}.{name}", env).hex()
     if replay == "off":
         if merged.get("esn") is True:
             raise ConfigError("replay = 'off' leaves no replay window, which esn needs (RFC 4303 Appendix A)",
@@ -547,7 +629,7 @@ def _sa_merged(merged: dict[str, Any], entry: Mapping[str, Any], key: str, allow
 
 def _sender(value: Any, key: str, config: SAConfig) -> IPv4Address | IPv6Address:
     if not isinstance(value, str):
-        raise ConfigError(f"expected a sender's address, got {value!r}", key=key)
+        raise ConfigError("expected a sender's address", key=key, got=value)
     addr = _address(value, key)
     if addr.version != config.dst.version or addr.is_multicast:
         raise ConfigError(f"a sender must be a unicast IPv{config.dst.version} address, got {addr}", key=key)
@@ -557,27 +639,27 @@ def _sender(value: Any, key: str, config: SAConfig) -> IPv4Address | IPv6Address
 # -- [[peer]] (the PAD, RFC 4301 4.4.3) -----------------------------------------------------
 
 def _peer(t: dict[str, Any], key: str, env: Mapping[str, str]) -> Peer:
-    _no_unknown(t, _PEER, key)
+    unknown_keys(t, _PEER, key)
     for required in ("name", "id", "auth"):
         if required not in t:
             raise ConfigError(f"missing required key {required!r}", key=key)
-    name = _str(t["name"], f"{key}.name")
+    name = text(t["name"], f"{key}.name")
     ids = t["id"] if isinstance(t["id"], list) else [t["id"]]
     if not ids:
         raise ConfigError("a peer needs at least one identity", key=f"{key}.id")
     identities = []
-    for j, text in enumerate(ids):
+    for j, ident in enumerate(ids):
         where = f"{key}.id[{j}]" if isinstance(t["id"], list) else f"{key}.id"
         try:
-            identities.append(Identity.parse(_str(text, where)))
+            identities.append(Identity.parse(text(ident, where)))
         except ConfigError as exc:
             raise ConfigError(exc.message, key=where) from None
     auth = _choice(t["auth"], ("psk", "pubkey"), f"{key}.auth")
     for secret, wanted in (("psk", "psk"), ("ca", "pubkey")):
         if secret in t and auth != wanted:
             raise ConfigError(f"{secret} is only used with auth = {wanted!r}", key=f"{key}.{secret}")
-    psk = _secret(t["psk"], f"{key}.psk", env) if "psk" in t else None
-    ca = _str(t["ca"], f"{key}.ca") if "ca" in t else None
+    psk = _bytes(t["psk"], f"{key}.psk", env) if "psk" in t else None
+    ca = file_path(t["ca"], f"{key}.ca") if "ca" in t else None
     nets = {}
     for name_ in ("addresses", "allowed"):      # where it may come from; what it may claim (RFC 4301 4.4.3)
         items = _list(t.get(name_, []), f"{key}.{name_}")
@@ -593,7 +675,7 @@ def _unique_peers(peers: list[Peer]) -> None:
     owners: dict[Identity, int] = {}
     for i, p in enumerate(peers):
         if p.name in names:
-            raise ConfigError(f"peer name {p.name!r} is already used by peer[{names[p.name]}]", key=f"peer[{i}].name")
+            raise ConfigError(f"peer name {shown(p.name)} is already used by peer[{names[p.name]}]", key=f"peer[{i}].name")
         names[p.name] = i
         for ident in p.identities:     # an identity must map to one PAD entry (RFC 4301 4.4.3.1)
             if ident in owners:
@@ -604,7 +686,7 @@ def _unique_peers(peers: list[Peer]) -> None:
 # -- [[policy]] (the SPD, RFC 4301 4.4.1) ---------------------------------------------------
 
 def _policy(t: dict[str, Any], key: str) -> Policy:
-    _no_unknown(t, _POLICY, key)
+    unknown_keys(t, _POLICY, key)
     direction = _choice(t.get("direction", "out"), _DIRECTIONS, f"{key}.direction")
     if "action" not in t:
         raise ConfigError("missing required key 'action' (protect, bypass or discard)", key=key)
@@ -642,7 +724,7 @@ def _policy(t: dict[str, Any], key: str) -> Policy:
         raise ConfigError(f"reqid is only for protect policies (this one is {t['action']})", key=f"{key}.reqid")
     else:
         reqid = 0
-    label = _str(t["label"], f"{key}.label") if "label" in t else None
+    label = text(t["label"], f"{key}.label") if "label" in t else None
     try:
         selector = PolicySelector(src, dst, proto, **ports)
     except ConfigError as exc:        # checked above; kept so no error goes out without a key
@@ -655,7 +737,7 @@ def _proto(value: Any, key: str) -> int:
         return _PROTOS[value.lower()]
     if isinstance(value, int) and not isinstance(value, bool):
         return _integer(value, key, 0, 255)
-    raise ConfigError(f"protocol must be a number 0..255 or one of {', '.join(_PROTOS)}, got {value!r}", key=key)
+    raise ConfigError(f"protocol must be a number 0..255 or one of {', '.join(_PROTOS)}", key=key, got=value)
 
 
 def _ports(value: Any, key: str) -> tuple[int, int]:
@@ -664,7 +746,7 @@ def _ports(value: Any, key: str) -> tuple[int, int]:
         try:
             rng = (int(lo), int(hi if sep else lo))
         except ValueError:
-            raise ConfigError(f"expected a port or a range like '1024-65535', got {value!r}", key=key) from None
+            raise ConfigError("expected a port or a range like '1024-65535'", key=key, got=value) from None
     else:
         port = _integer(value, key, 0, 65535)
         rng = (port, port)

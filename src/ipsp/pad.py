@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from ipsp.errors import ConfigError
+from ipsp.errors import ConfigError, shown
 
 __all__ = ["Identity", "Peer", "PeerAuthorizationDatabase"]
 
@@ -37,18 +37,22 @@ class Identity:
     def parse(cls, text: str) -> "Identity":
         kind, sep, value = text.partition(":")
         if not sep or kind not in _KINDS or not value:
-            raise ConfigError(f"identity {text!r} must be one of {', '.join(k + ':...' for k in _KINDS)}")
+            raise ConfigError(f"identity {shown(text, 128)} must be one of {', '.join(k + ':...' for k in _KINDS)}")
         if kind == "ip":
             try:
+                # an ID payload carries the packed address, which has no IPv6 zone: "fe80::1%eth0"
+                # would never equal what a peer sends
+                if "%" in value:
+                    raise ValueError(value)
                 value = str(ipaddress.ip_address(value))
             except ValueError:
-                raise ConfigError(f"identity {text!r}: {value!r} is not an IP address") from None
+                raise ConfigError(f"identity {shown(text, 128)} is not an IP address") from None
         elif kind == "fqdn":
             value = value.rstrip(".").lower()
         elif kind == "email":
             local, at, domain = value.rpartition("@")
             if not at or not local or not domain:
-                raise ConfigError(f"identity {text!r} is not an e-mail address")
+                raise ConfigError(f"identity {shown(text, 128)} is not an e-mail address")
             value = f"{local}@{domain.lower()}"
         return cls(kind, value)
 
@@ -70,15 +74,15 @@ class Peer:
 
     def __post_init__(self) -> None:
         if not self.identities:
-            raise ConfigError(f"peer {self.name!r} needs at least one identity")
+            raise ConfigError(f"peer {shown(self.name)} needs at least one identity")
         if self.auth not in ("psk", "pubkey"):
-            raise ConfigError(f"peer {self.name!r}: auth must be 'psk' or 'pubkey', got {self.auth!r}")
+            raise ConfigError(f"peer {shown(self.name)}: auth must be 'psk' or 'pubkey', got {shown(self.auth)}")
         if self.auth == "psk" and not self.psk:
-            raise ConfigError(f"peer {self.name!r} authenticates with a pre-shared key but none is set")
+            raise ConfigError(f"peer {shown(self.name)} authenticates with a pre-shared key but none is set")
         if self.auth == "psk" and len(self.psk) < 16:
-            raise ConfigError(f"peer {self.name!r}: a pre-shared key shorter than 16 bytes is refused")
+            raise ConfigError(f"peer {shown(self.name)}: a pre-shared key shorter than 16 bytes is refused")
         if self.auth == "pubkey" and not self.ca:
-            raise ConfigError(f"peer {self.name!r} authenticates with certificates but names no CA")
+            raise ConfigError(f"peer {shown(self.name)} authenticates with certificates but names no CA")
 
     def may_claim(self, network: IPNetwork) -> bool:
         """Whether the peer may stand for every address of *network* (RFC 4301 4.4.3.4)."""
@@ -108,11 +112,11 @@ class PeerAuthorizationDatabase:
     def add(self, peer: Peer) -> Peer:
         with self._lock:
             if peer.name in self._by_name:
-                raise ConfigError(f"peer {peer.name!r} already exists")
+                raise ConfigError(f"peer {shown(peer.name)} already exists")
             for ident in peer.identities:
                 if ident in self._by_id:
-                    raise ConfigError(f"identity {ident} of peer {peer.name!r} already belongs to "
-                                      f"peer {self._by_id[ident].name!r}")
+                    raise ConfigError(f"identity {ident} of peer {shown(peer.name)} already belongs to "
+                                      f"peer {shown(self._by_id[ident].name)}")
             by_name, by_id = dict(self._by_name), dict(self._by_id)
             by_name[peer.name] = peer
             by_id.update({ident: peer for ident in peer.identities})
@@ -140,8 +144,8 @@ class PeerAuthorizationDatabase:
         if peer is None:
             raise ConfigError(f"no peer has the identity {identity}")
         if not peer.may_come_from(address):
-            raise ConfigError(f"peer {peer.name!r} may not connect from {address}")
+            raise ConfigError(f"peer {shown(peer.name)} may not connect from {address}")
         for net in claims:
             if not peer.may_claim(net):
-                raise ConfigError(f"peer {peer.name!r} may not claim {net}")
+                raise ConfigError(f"peer {shown(peer.name)} may not claim {net}")
         return peer

@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import stat
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 import fastpath
 from fastpath import Backend
 
-from ipsp.errors import ConfigError
-from ipsp.transforms import Transform, parse_proposal
+from ipsp.errors import ConfigError, looks_like_key, note_once, shown
+from ipsp.transforms import Transform, parse_esp_proposal
 
-__all__ = ["SAConfig", "Selector", "sa_from_mapping"]
+__all__ = ["SAConfig", "Selector", "sa_from_mapping", "KEY_FILE_MAX", "warn_if_exposed"]
+
+# a key file holds one key as hex text (a 64-byte key is 130 characters, with separators
+# under 200): 4 KiB leaves room for whitespace, and /dev/zero or a log file named by mistake
+# is refused after one read
+KEY_FILE_MAX = 4096
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -76,12 +82,13 @@ class SAConfig:
     def __post_init__(self) -> None:
         t = self.transform
         if not 256 <= self.spi <= 0xFFFFFFFF:
-            raise ConfigError(f"spi {self.spi:#x} is outside 0x100..0xffffffff (0-255 are reserved, RFC 4303 2.1)",
+            spi = f"{self.spi:#x}" if -(2**32) < self.spi < 2**36 else shown(self.spi)
+            raise ConfigError(f"spi {spi} is outside 0x100..0xffffffff (0-255 are reserved, RFC 4303 2.1)",
                               key="spi")
         if self.src.version != self.dst.version:
             raise ConfigError(f"src {self.src} and dst {self.dst} are of different IP versions", key="src")
         if self.mode not in ("tunnel", "transport"):
-            raise ConfigError(f"mode must be 'tunnel' or 'transport', got {self.mode!r}", key="mode")
+            raise ConfigError("mode must be 'tunnel' or 'transport'", key="mode", got=self.mode)
         if t.legacy and not self.allow_insecure:
             raise ConfigError(f"proposal {t.name!r} is insecure (RFC 8221: MUST NOT) and is refused unless "
                               "insecure transforms are explicitly allowed (allow_insecure = true)", key="proposal")
@@ -93,17 +100,15 @@ class SAConfig:
             what = "takes no auth_key (AEAD)" if t.aead else f"needs a {t.auth_key_len}-byte auth_key"
             raise ConfigError(f"{t.name} {what}, got {len(self.auth_key)} bytes", key="auth_key")
         if self.backend not in _BACKENDS:
-            raise ConfigError(f"backend must be one of {', '.join(_BACKENDS)}, got {self.backend!r}", key="backend")
+            raise ConfigError(f"backend must be one of {', '.join(_BACKENDS)}", key="backend", got=self.backend)
         if self.df not in _DF:
-            raise ConfigError(f"df must be one of {', '.join(_DF)}, got {self.df!r}", key="df")
+            raise ConfigError(f"df must be one of {', '.join(_DF)}", key="df", got=self.df)
         if self.implicit_iv and (not t.aead or t.cipher == fastpath.Cipher.CIPHER_AES_GMAC):
             raise ConfigError("implicit_iv (RFC 8750) needs an AES-GCM or ChaCha20-Poly1305 proposal",
                               key="implicit_iv")
         if self.esn and self.replay_window == 0:
             raise ConfigError("esn needs a replay window (RFC 4303 Appendix A)", key="replay_window")
-        if self.replay_window and not 32 <= self.replay_window <= 1 << 20:
-            raise ConfigError(f"replay_window must be 0 (off) or 32..1048576, got {self.replay_window}",
-                              key="replay_window")
+        check_replay_window(self.replay_window, "replay_window")
         for name in ("sport", "dport"):
             if not 1 <= getattr(self, name) <= 65535:
                 raise ConfigError(f"{name} must be 1..65535", key=name)
@@ -116,7 +121,7 @@ class SAConfig:
         if not 1 <= self.ttl <= 255:
             raise ConfigError("ttl must be 1..255", key="ttl")
         if self.fragment not in _FRAGMENT:
-            raise ConfigError(f"fragment must be one of {', '.join(_FRAGMENT)}, got {self.fragment!r}", key="fragment")
+            raise ConfigError(f"fragment must be one of {', '.join(_FRAGMENT)}", key="fragment", got=self.fragment)
         if self.fragment == "inner" and self.mode != "tunnel":
             raise ConfigError("fragment = 'inner' needs tunnel mode (a transport SA carries no fragments, RFC 4301 7)",
                               key="fragment")
@@ -137,17 +142,57 @@ class SAConfig:
             raise ConfigError(str(exc)) from None
 
 
+def check_replay_window(window: int, key: str) -> int:
+    """The one rule for a replay window, manual or IKE-keyed: 0 (off) or 32..2**20 packets."""
+    if window and not 32 <= window <= 1 << 20:
+        raise ConfigError("replay_window must be 0 (off) or 32..1048576", key=key, got=window)
+    return window
+
+
 def _int(value: Any, key: str) -> int:
     if isinstance(value, bool):
-        raise ConfigError(f"expected an integer, got {value!r}", key=key)
+        raise ConfigError("expected an integer", key=key, got=value)
     if isinstance(value, int):
         return value
-    if isinstance(value, str):
+    if isinstance(value, str) and len(value) <= 20:     # 0xffffffffffffffff; int() of 4301 digits raises
         try:
             return int(value, 0)
         except ValueError:
             pass
-    raise ConfigError(f"expected an integer or a '0x...' string, got {value!r}", key=key)
+    raise ConfigError("expected an integer or a '0x...' string", key=key, got=value)
+
+
+def warn_if_exposed(st: os.stat_result, what: str, key: str | None = None) -> None:
+    """Warn (once) when a file that holds secrets is readable by group or others, as OpenSSH
+    does for private keys and strongSwan for swanctl.conf's secrets."""
+    if st.st_mode & 0o077:
+        note_once(f"{what} is accessible by group or others (mode {stat.S_IMODE(st.st_mode):04o}): chmod 600 it",
+                  key=key)
+
+
+def read_key_file(name: str, key: str) -> str:
+    """The hex text of a key file: a regular file of at most KEY_FILE_MAX bytes. Opened without
+    blocking so a FIFO named by mistake cannot hang a reload; never echoes what it holds."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(f"cannot read key file {shown(name, 256)}: {exc.strerror}", key=key) from None
+    with open(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"key file {shown(name, 256)} is not a regular file", key=key)
+        try:
+            data = f.read(KEY_FILE_MAX + 1)
+        except OSError as exc:
+            raise ConfigError(f"cannot read key file {shown(name, 256)}: {exc.strerror}", key=key) from None
+    if len(data) > KEY_FILE_MAX:
+        raise ConfigError(f"key file {shown(name, 256)} is larger than {KEY_FILE_MAX} bytes: "
+                          "a key file holds one key as hex text", key=key)
+    warn_if_exposed(st, f"key file {shown(name, 256)}", key)
+    try:
+        return data.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"key file {shown(name, 256)} must hold hex text, not binary", key=key) from None
 
 
 def _bytes(value: Any, key: str, env: Mapping[str, str]) -> bytes:
@@ -158,22 +203,25 @@ def _bytes(value: Any, key: str, env: Mapping[str, str]) -> bytes:
             name = value["file"]
             # a path, never a file descriptor: open(1) would read (and close) stdout
             if not isinstance(name, str) or not name or "\0" in name:
-                raise ConfigError(f"'file' must be a path, got {name!r}", key=key)
-            try:
-                with open(name, encoding="ascii") as f:
-                    value = f.read().strip()
-            except OSError as exc:
-                raise ConfigError(f"cannot read key file {name!r}: {exc.strerror}", key=key) from None
-            except UnicodeDecodeError:
-                raise ConfigError(f"key file {name!r} must hold hex text, not binary", key=key) from None
+                raise ConfigError("'file' must be a path", key=key, got=name)
+            if looks_like_key(name):
+                raise ConfigError("the value of 'file' looks like a key, not a path: write the key itself "
+                                  "(\"0x...\") or the path of a file that holds it", key=key)
+            value = read_key_file(name, key)
         elif set(value) == {"env"}:
-            if not isinstance(value["env"], str) or value["env"] not in env:
-                raise ConfigError(f"environment variable {value['env']!r} is not set", key=key)
-            value = env[value["env"]].strip()
+            name = value["env"]
+            if not isinstance(name, str) or not name or "\0" in name or "=" in name:
+                raise ConfigError("'env' must name an environment variable", key=key, got=name)
+            if looks_like_key(name):
+                raise ConfigError("the value of 'env' looks like a key, not a variable's name: write the key "
+                                  "itself (\"0x...\") or the name of a variable that holds it", key=key)
+            if name not in env:
+                raise ConfigError(f"environment variable {shown(name)} is not set", key=key)
+            value = env[name].strip()
         else:
             raise ConfigError("a key table takes exactly one of 'file' or 'env'", key=key)
     if not isinstance(value, str):
-        raise ConfigError(f"expected a hex string like '0x0123...', got {type(value).__name__}", key=key)
+        raise ConfigError("expected a hex string like '0x0123...'", key=key, got=type(value).__name__)
     text = value[2:] if value.lower().startswith("0x") else value
     try:
         return bytes.fromhex(text.replace(":", "").replace(" ", ""))
@@ -181,22 +229,62 @@ def _bytes(value: Any, key: str, env: Mapping[str, str]) -> bytes:
         raise ConfigError("not a valid hex string", key=key) from None
 
 
+def text(value: Any, key: str) -> str:
+    """A non-empty string that encodes as UTF-8: a lone surrogate (possible from JSON on the
+    control socket or a Python caller, never from TOML) would fail later, when a name is
+    printed, logged or put into an IKE payload."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError("expected a non-empty string", key=key, got=value)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError("not valid Unicode text (it holds a lone surrogate)", key=key) from None
+    return value
+
+
+def file_path(value: Any, key: str) -> str:
+    """A path the OS can take: no NUL, and encodable to the file system's bytes (open() would
+    raise ValueError or UnicodeEncodeError when a daemon starts, not when the file is checked)."""
+    path = text(value, key)
+    if "\0" in path:
+        raise ConfigError("a path cannot hold a NUL character", key=key)
+    try:
+        os.fsencode(path)
+    except UnicodeError:
+        raise ConfigError("a path the file system cannot encode", key=key, got=path) from None
+    return path
+
+
 def _address(value: Any, key: str) -> IPAddress:
     if not isinstance(value, str):           # ip_address(1) would be 0.0.0.1
-        raise ConfigError(f"expected an address string, got {value!r}", key=key)
-    try:
-        return ipaddress.ip_address(value)
-    except ValueError:
-        raise ConfigError(f"{value!r} is not an IPv4 or IPv6 address", key=key) from None
+        raise ConfigError("expected an address string", key=key, got=value)
+    # no IPv6 zone (fe80::1%eth0): an SA or selector compares the packed address, which has none
+    if "%" not in value:
+        try:
+            return ipaddress.ip_address(value)
+        except ValueError:
+            pass
+    raise ConfigError(f"{shown(value)} is not an IPv4 or IPv6 address", key=key)
 
 
 def _network(value: Any, key: str) -> IPNetwork:
     if not isinstance(value, str):
-        raise ConfigError(f"expected a prefix string, got {value!r}", key=key)
-    try:
-        return ipaddress.ip_network(value, strict=False)
-    except ValueError:
-        raise ConfigError(f"{value!r} is not an IP prefix", key=key) from None
+        raise ConfigError("expected a prefix string", key=key, got=value)
+    if "%" not in value:
+        try:
+            return ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            pass
+    raise ConfigError(f"{shown(value)} is not an IP prefix", key=key)
+
+
+def unknown_keys(table: Mapping[str, Any], known: set[str], key: str | None, what: str = "") -> None:
+    """Refuse keys a table does not know. The names are shown (a typo is what the reader must
+    see) unless one could be key material: a key name is the user's text too."""
+    unknown = sorted(map(str, set(table) - known))
+    if unknown:
+        raise ConfigError(f"unknown {what}key(s) {', '.join(shown(k, 64).strip(chr(39)) for k in unknown[:10])}"
+                          f"{' and more' if len(unknown) > 10 else ''}", key=key)
 
 
 # the file says encap = "udp"; SAConfig's own field name is not a key
@@ -210,17 +298,25 @@ def sa_from_mapping(entry: Mapping[str, Any], *, key: str = "sa", allow_insecure
     env = os.environ if env is None else env
     if not isinstance(entry, Mapping):
         raise ConfigError("an SA entry must be a table", key=key)
-    unknown = sorted(set(entry) - _KNOWN)
-    if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(unknown)}", key=key)
-    for required in ("spi", "src", "dst", "proposal", "enc_key"):
-        if required not in entry and not (required == "enc_key" and "null" in str(entry.get("proposal", ""))):
+    unknown_keys(entry, _KNOWN, key)
+    for required in ("spi", "src", "dst", "proposal"):
+        if required not in entry:
             raise ConfigError(f"missing required key {required!r}", key=key)
     kw: dict[str, Any] = {}
+    if not isinstance(entry["proposal"], str):
+        raise ConfigError("expected an ESP proposal such as 'aes128gcm16'", key=f"{key}.proposal",
+                          got=entry["proposal"])
     try:
-        kw["transform"] = parse_proposal(str(entry["proposal"]))
+        kw["transform"], groups = parse_esp_proposal(entry["proposal"])
     except ConfigError as exc:
-        raise ConfigError(str(exc), key=f"{key}.proposal") from None
+        raise ConfigError(exc.message, key=f"{key}.proposal") from None
+    if groups:
+        # strongSwan's ESP proposal syntax: the group is PFS for an IKE rekey; a manually
+        # keyed SA has no key exchange at all
+        note_once(f"the Diffie-Hellman group after {kw['transform'].name} is ignored: a manually keyed SA has "
+                  "no key exchange (the group means PFS for IKE-keyed Child SAs)", key=f"{key}.proposal")
+    if "enc_key" not in entry and kw["transform"].enc_key_len:       # ENCR_NULL has no key
+        raise ConfigError("missing required key 'enc_key'", key=key)
     kw["spi"] = _int(entry["spi"], f"{key}.spi")
     kw["src"] = _address(entry["src"], f"{key}.src")
     kw["dst"] = _address(entry["dst"], f"{key}.dst")
@@ -229,13 +325,13 @@ def sa_from_mapping(entry: Mapping[str, Any], *, key: str = "sa", allow_insecure
         kw["auth_key"] = _bytes(entry["auth_key"], f"{key}.auth_key", env)
     encap = entry.get("encap")
     if encap not in (None, "udp", "none"):
-        raise ConfigError(f"encap must be 'udp' or absent, got {encap!r}", key=f"{key}.encap")
+        raise ConfigError("encap must be 'udp' or absent", key=f"{key}.encap", got=encap)
     kw["udp"] = encap == "udp"
     for name, kind in (("mode", str), ("esn", bool), ("implicit_iv", bool), ("df", str),
                        ("backend", str), ("allow_insecure", bool), ("fragment", str)):
         if name in entry:
             if not isinstance(entry[name], kind):
-                raise ConfigError(f"expected a {kind.__name__}, got {entry[name]!r}", key=f"{key}.{name}")
+                raise ConfigError(f"expected a {kind.__name__}", key=f"{key}.{name}", got=entry[name])
             kw[name] = entry[name]
     for name in ("sport", "dport", "replay_window", "tfc_pad", "ttl", "dscp"):
         if name in entry:
@@ -245,11 +341,17 @@ def sa_from_mapping(entry: Mapping[str, Any], *, key: str = "sa", allow_insecure
         if not isinstance(m, Mapping) or set(m) - {"src", "dst"}:
             raise ConfigError("match takes a table with 'src' and/or 'dst' prefixes", key=f"{key}.match")
         any4, any6 = "0.0.0.0/0", "::/0"
-        src = _network(m.get("src", any6 if ":" in str(m.get("dst", "")) else any4), f"{key}.match.src")
+        dst_text = m.get("dst", "")
+        src = _network(m.get("src", any6 if isinstance(dst_text, str) and ":" in dst_text else any4),
+                       f"{key}.match.src")
         dst = _network(m.get("dst", any6 if src.version == 6 else any4), f"{key}.match.dst")
         kw["match"] = Selector(src, dst)
     kw["allow_insecure"] = kw.get("allow_insecure", False) or allow_insecure
     try:
-        return SAConfig(**kw)
+        config = SAConfig(**kw)
+        # what the kernel refuses (a transform its backend lacks) must fail here, where
+        # `ipsp config check` sees it, not when a daemon installs the SA
+        config.make_state().close()
     except ConfigError as exc:
         raise ConfigError(exc.message, key=f"{key}.{exc.key}" if exc.key else key) from None
+    return config

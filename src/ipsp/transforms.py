@@ -16,9 +16,14 @@ from dataclasses import dataclass
 
 from fastpath import Cipher, Integ
 
-from ipsp.errors import ConfigError
+from ipsp.errors import ConfigError, shown
 
-__all__ = ["Transform", "parse_proposal", "PROPOSALS"]
+__all__ = ["Transform", "parse_proposal", "parse_esp_proposal", "DH_GROUPS", "PROPOSALS"]
+
+# strongSwan's Diffie-Hellman keywords -> IANA transform type 4 ids: the groups ipsp.ike
+# implements (ipsp.ike.crypto.DH_GROUPS). In an ESP proposal they ask for PFS (RFC 7296 1.3.1)
+DH_GROUPS = {"modp2048": 14, "modp3072": 15, "modp4096": 16, "ecp256": 19, "ecp384": 20, "ecp521": 21,
+             "x25519": 31, "curve25519": 31}
 
 
 @dataclass(frozen=True)
@@ -95,21 +100,43 @@ def parse_proposal(text: str) -> Transform:
         return Transform("chacha20poly1305", Cipher.CIPHER_CHACHA20_POLY1305, Integ.INTEG_NONE, 16,
                          36, 0, 8, 4, False, "RFC 7634")
     parts = word.split("-")
+    if len(parts) == 2 and (_GCM.match(parts[0]) or _GMAC.match(parts[0]) or parts[0] == "chacha20poly1305"):
+        raise ConfigError(f"{parts[0]} is an AEAD cipher: it takes no integrity algorithm, and "
+                          f"{shown(parts[1])} after it is not one of the Diffie-Hellman groups "
+                          f"{', '.join(DH_GROUPS)}")
     if len(parts) != 2:
-        raise ConfigError(f"unknown ESP proposal {text!r}: expected e.g. 'aes128gcm16', "
-                          "'chacha20poly1305' or '<cipher>-<integrity>' such as 'aes256-sha256'")
+        raise ConfigError(f"unknown ESP proposal {shown(text)}: expected e.g. 'aes128gcm16', "
+                          "'chacha20poly1305' or '<cipher>-<integrity>' such as 'aes256-sha256', "
+                          "optionally followed by a Diffie-Hellman group ('-modp2048')")
     cname, iname = parts
     if cname not in _CIPHERS:
-        raise ConfigError(f"unknown cipher {cname!r} in proposal {text!r} (known: {', '.join(sorted(_CIPHERS))}, "
+        raise ConfigError(f"unknown cipher {shown(cname)} (known: {', '.join(sorted(_CIPHERS))}, "
                           "aes128gcm16, aes128gmac, chacha20poly1305)")
     if iname not in _INTEG:
-        raise ConfigError(f"unknown integrity algorithm {iname!r} in proposal {text!r} "
+        raise ConfigError(f"unknown integrity algorithm {shown(iname)} after {cname} "
                           f"(known: {', '.join(sorted(set(_INTEG) - set(_CANON_INTEG)))})")
     cid, klen, ivlen, block, crfc, clegacy = _CIPHERS[cname]
     iid, aklen, icv, irfc, ilegacy = _INTEG[iname]
     salt = 4 if cid == Cipher.CIPHER_AES_CTR else 0
     return Transform(f"{cname}-{_CANON_INTEG.get(iname, iname)}", cid, iid, icv, klen + salt, aklen,
                      ivlen, block, clegacy or ilegacy, f"{crfc} + {irfc}")
+
+
+def parse_esp_proposal(text: str) -> tuple[Transform, tuple[int, ...]]:
+    """A strongSwan ESP proposal: the transform and the Diffie-Hellman groups that may follow
+    it (``aes128gcm16-modp2048``, ``aes256-sha256-x25519-ecp256``), as IANA ids. The one
+    parser of ESP proposals, for manual SAs (which have no use for the groups) and for IKE
+    (where they mean PFS on CREATE_CHILD_SA)."""
+    words = text.strip().lower().split("-")
+    first = next((i for i, w in enumerate(words) if w in DH_GROUPS), len(words))
+    if first == 0:
+        raise ConfigError(f"ESP proposal starts with the Diffie-Hellman group {words[0]}: name the cipher first")
+    stray = [w for w in words[first:] if w not in DH_GROUPS]
+    if stray:
+        raise ConfigError(f"{shown(stray[0])} after the Diffie-Hellman group {words[first]} is not a group "
+                          f"(known: {', '.join(DH_GROUPS)})")
+    groups = tuple(dict.fromkeys(DH_GROUPS[w] for w in words[first:]))
+    return parse_proposal("-".join(words[:first])), groups
 
 
 # the proposals the README and the tests name; any other valid keyword works too

@@ -55,7 +55,7 @@ BAD = [
     (GOOD.replace(f'"{K20}"', '{ env = "NOPE" }'), "sa[0].enc_key: environment variable 'NOPE' is not set"),
     (GOOD.replace(f'"{K20}"', '{ file = "/nonexistent/k" }'), "sa[0].enc_key: cannot read key file '/nonexistent/k'"),
     (GOOD.replace(f'"{K20}"', '{ file = 1 }'), "sa[0].enc_key: 'file' must be a path, got 1"),
-    (GOOD.replace(f'"{K20}"', '{ env = 1 }'), "sa[0].enc_key: environment variable 1 is not set"),
+    (GOOD.replace(f'"{K20}"', '{ env = 1 }'), "sa[0].enc_key: 'env' must name an environment variable, got 1"),
     (GOOD.replace('"192.0.2.2"', "true"), "sa[0].dst: expected an address string, got True"),
     (GOOD + "udp = true\n", "sa[0]: unknown key(s) udp"),
     (GOOD + 'backend = "gpu"\n', "sa[0].backend: backend must be one of auto, openssl, ipsecmb"),

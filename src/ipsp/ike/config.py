@@ -9,12 +9,14 @@ prefixes the tunnel joins, the proposals, lifetimes and what starts it.
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ipsp.errors import ConfigError
+from ipsp.errors import ConfigError, shown
 from ipsp.ike.proposals import EspProposal, IkeProposal, parse_esp, parse_ike
 from ipsp.pad import Identity
+from ipsp.sa import _address, _network, check_replay_window, file_path, text, unknown_keys, warn_if_exposed
 
 __all__ = ["IkeSettings", "Connection", "ike_settings", "connection", "DEFAULT_IKE", "DEFAULT_ESP"]
 
@@ -84,42 +86,49 @@ def _identity(v: Any, key: str) -> Identity:
     if not isinstance(v, str):
         raise ConfigError("expected an identity such as 'fqdn:gw.example.net'", key=key)
     try:
-        return Identity.parse(v)
+        return Identity.parse(text(v, key))
     except ConfigError as exc:
         raise ConfigError(exc.message, key=key) from None
 
 
 def _strs(v: Any, key: str) -> tuple[str, ...]:
     items = v if isinstance(v, list) else [v]
-    if not all(isinstance(x, str) and x for x in items):
-        raise ConfigError("expected a string or a list of strings", key=key)
-    return tuple(items)
+    if not items or not all(isinstance(x, str) and x for x in items):
+        raise ConfigError("expected a string or a non-empty list of strings", key=key)
+    return tuple(text(x, f"{key}[{j}]" if isinstance(v, list) else key) for j, x in enumerate(items))
+
+
+def _paths(v: Any, key: str) -> tuple[str, ...]:
+    """Files to read at start: no NUL, encodable (open() would fail there, not here)."""
+    items = _strs(v, key)
+    return tuple(file_path(p, f"{key}[{j}]" if isinstance(v, list) else key) for j, p in enumerate(items))
 
 
 def _number(v: Any, key: str, lo: float, hi: float, *, integer: bool = False) -> Any:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
-        raise ConfigError(f"expected {'an integer' if integer else 'a number'}", key=key)
+        raise ConfigError(f"expected {'an integer' if integer else 'a number'}", key=key, got=v)
     if not lo <= v <= hi:
-        raise ConfigError(f"must be within {lo}..{hi}, got {v}", key=key)
+        raise ConfigError(f"must be within {lo}..{hi}", key=key, got=v)
     return v
 
 
 def ike_settings(t: Mapping[str, Any]) -> IkeSettings:
-    unknown = sorted(set(t) - _IKE_KEYS)
-    if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(_IKE_KEYS))})", key="ike")
+    try:
+        unknown_keys(t, _IKE_KEYS, "ike")
+    except ConfigError as exc:
+        raise ConfigError(f"{exc.message} (known: {', '.join(sorted(_IKE_KEYS))})", key="ike") from None
     kw: dict[str, Any] = {}
     if "local_id" in t:
         kw["local_id"] = _identity(t["local_id"], "ike.local_id")
     for name in ("cert", "key"):
         if name in t:
-            kw[name] = _strs(t[name], f"ike.{name}")[0]
+            kw[name] = _paths(text(t[name], f"ike.{name}"), f"ike.{name}")[0]
     if ("cert" in kw) != ("key" in kw):
         raise ConfigError("a certificate needs its private key and the other way round",
                           key="ike.key" if "cert" in kw else "ike.cert")
     for name in ("chain", "cacerts", "crls"):
         if name in t:
-            kw[name] = _strs(t[name], f"ike.{name}")
+            kw[name] = _paths(t[name], f"ike.{name}")
     for name, lo, hi, integer in (("port", 1, 65535, True), ("nat_port", 1, 65535, True),
                                   ("cookie_threshold", 0, 1 << 20, True), ("half_open_timeout", 1, 3600, False),
                                   ("retransmit_timeout", 0.05, 60, False), ("retransmit_base", 1, 4, False),
@@ -129,36 +138,43 @@ def ike_settings(t: Mapping[str, Any]) -> IkeSettings:
     for flag in ("initial_contact", "fragmentation"):
         if flag in t:
             if not isinstance(t[flag], bool):
-                raise ConfigError("expected true or false", key=f"ike.{flag}")
+                raise ConfigError("expected true or false", key=f"ike.{flag}", got=t[flag])
             kw[flag] = t[flag]
+    if kw.get("port", 500) == kw.get("nat_port", 4500):
+        # both are bound: the second bind would fail at start (RFC 7296 2.23 keeps them apart)
+        raise ConfigError("port and nat_port must differ", key="ike.nat_port")
+    if "key" in kw:
+        _private_key_mode(kw["key"])
     return IkeSettings(**kw)
+
+
+def _private_key_mode(path: str) -> None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return                   # ipsp.ike.certs reports what is wrong with it when it loads it
+    warn_if_exposed(st, f"private key file {shown(path, 256)}", "ike.key")
 
 
 def connection(t: Mapping[str, Any], key: str, index: int, peers: Mapping[str, Any]) -> Connection:
     """One ``[[connection]]`` table; *peers* maps PAD names to entries (the peer must exist)."""
-    unknown = sorted(set(t) - _CONN_KEYS)
-    if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(_CONN_KEYS))})", key=key)
+    try:
+        unknown_keys(t, _CONN_KEYS, key)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc.message} (known: {', '.join(sorted(_CONN_KEYS))})", key=key) from None
     for required in ("name", "peer", "local_ts", "remote_ts"):
         if required not in t:
             raise ConfigError(f"missing required key {required!r}", key=key)
-    name = _strs(t["name"], f"{key}.name")[0]
-    peer = _strs(t["peer"], f"{key}.peer")[0]
+    name = text(t["name"], f"{key}.name")
+    peer = text(t["peer"], f"{key}.peer")
     if peer not in peers:
-        raise ConfigError(f"no [[peer]] is named {peer!r}", key=f"{key}.peer")
-    remote = None
-    if "remote" in t:
-        try:
-            remote = ipaddress.ip_address(_strs(t["remote"], f"{key}.remote")[0])
-        except ValueError:
-            raise ConfigError(f"{t['remote']!r} is not an IP address", key=f"{key}.remote") from None
+        raise ConfigError(f"no [[peer]] is named {shown(peer)}", key=f"{key}.peer")
+    remote = _address(t["remote"], f"{key}.remote") if "remote" in t else None
     nets = {}
     for side in ("local_ts", "remote_ts"):
         items = _strs(t[side], f"{key}.{side}")
-        try:
-            nets[side] = tuple(ipaddress.ip_network(x, strict=False) for x in items)
-        except ValueError as exc:
-            raise ConfigError(str(exc), key=f"{key}.{side}") from None
+        where = (lambda j: f"{key}.{side}[{j}]") if isinstance(t[side], list) else (lambda j: f"{key}.{side}")
+        nets[side] = tuple(_network(x, where(j)) for j, x in enumerate(items))
     props = {}
     for kind, parse, default in (("ike_proposals", parse_ike, DEFAULT_IKE), ("esp_proposals", parse_esp, DEFAULT_ESP)):
         words = _strs(t[kind], f"{key}.{kind}") if kind in t else default
@@ -175,7 +191,7 @@ def connection(t: Mapping[str, Any], key: str, index: int, peers: Mapping[str, A
             kw[item] = _identity(t[item], f"{key}.{item}")
     if "start" in t:
         if t["start"] not in _START:
-            raise ConfigError(f"must be one of {', '.join(_START)}, got {t['start']!r}", key=f"{key}.start")
+            raise ConfigError(f"must be one of {', '.join(_START)}", key=f"{key}.start", got=t["start"])
         kw["start"] = t["start"]
         if t["start"] != "none" and remote is None:
             raise ConfigError(f"start = {t['start']!r} initiates: the connection needs 'remote'", key=f"{key}.start")
@@ -185,13 +201,14 @@ def connection(t: Mapping[str, Any], key: str, index: int, peers: Mapping[str, A
             kw[item] = float(_number(t[item], f"{key}.{item}", lo, hi))
     if "encap" in t:
         if not isinstance(t["encap"], bool):
-            raise ConfigError("expected true or false", key=f"{key}.encap")
+            raise ConfigError("expected true or false", key=f"{key}.encap", got=t["encap"])
         kw["encap"] = t["encap"]
     if "replay_window" in t:
-        kw["replay_window"] = _number(t["replay_window"], f"{key}.replay_window", 0, 1 << 20, integer=True)
+        kw["replay_window"] = check_replay_window(
+            _number(t["replay_window"], f"{key}.replay_window", 0, 1 << 20, integer=True), f"{key}.replay_window")
     if "backend" in t:
         if t["backend"] not in ("auto", "openssl", "ipsecmb"):
-            raise ConfigError("must be auto, openssl or ipsecmb", key=f"{key}.backend")
+            raise ConfigError("must be auto, openssl or ipsecmb", key=f"{key}.backend", got=t["backend"])
         kw["backend"] = t["backend"]
     reqid = _number(t.get("reqid", 0x10000 + index), f"{key}.reqid", 1, 0xFFFFFFFF, integer=True)
     return Connection(name, peer, remote, nets["local_ts"], nets["remote_ts"], reqid, props["ike_proposals"],

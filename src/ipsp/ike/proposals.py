@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from ipsp.errors import ConfigError
 from ipsp.ike.message import (Attribute, DhGroup, EncrId, EsnId, IntegId, PrfId, Proposal, ProtocolId,
                               Transform, TransformAttr, TransformType)
-from ipsp.transforms import parse_proposal
+from ipsp.errors import shown
+from ipsp.transforms import DH_GROUPS, parse_esp_proposal
 
 __all__ = ["IkeProposal", "EspProposal", "parse_ike", "parse_esp", "choose_ike", "choose_esp",
            "DH_KEYWORDS", "NoProposalChosen"]
@@ -26,9 +27,7 @@ class NoProposalChosen(ValueError):
     """Nothing offered is acceptable (RFC 7296 notify NO_PROPOSAL_CHOSEN)."""
 
 
-DH_KEYWORDS = {"modp2048": DhGroup.MODP_2048, "modp3072": 15, "modp4096": 16, "ecp256": DhGroup.ECP_256,
-               "ecp384": DhGroup.ECP_384, "ecp521": 21, "x25519": DhGroup.CURVE25519,
-               "curve25519": DhGroup.CURVE25519}
+DH_KEYWORDS = DH_GROUPS           # one table for IKE and ESP proposals (ipsp.transforms)
 _PRF = {"prfsha1": PrfId.PRF_HMAC_SHA1, "prfsha256": PrfId.PRF_HMAC_SHA2_256,
         "prfsha384": PrfId.PRF_HMAC_SHA2_384, "prfsha512": PrfId.PRF_HMAC_SHA2_512}
 # integrity keyword -> (IKE integrity id, the PRF strongSwan pairs with it when none is named)
@@ -40,7 +39,7 @@ _GCM_ICV = {8: EncrId.ENCR_AES_GCM_8, 12: EncrId.ENCR_AES_GCM_12, 16: EncrId.ENC
 _AEAD = {EncrId.ENCR_AES_GCM_8, EncrId.ENCR_AES_GCM_12, EncrId.ENCR_AES_GCM_16, EncrId.ENCR_CHACHA20_POLY1305}
 
 
-def _cipher(word: str, text: str) -> tuple[int, int]:
+def _cipher(word: str) -> tuple[int, int]:
     """(ENCR id, key bits) of a cipher keyword such as aes256, aes128gcm16, chacha20poly1305."""
     if word == "chacha20poly1305":
         return EncrId.ENCR_CHACHA20_POLY1305, 256
@@ -50,7 +49,7 @@ def _cipher(word: str, text: str) -> tuple[int, int]:
         for icv, encr in _GCM_ICV.items():
             if word in (f"aes{bits}gcm{icv}", f"aes{bits}gcm{icv * 8}"):
                 return encr, bits
-    raise ConfigError(f"unknown cipher {word!r} in proposal {text!r} (known: aes128, aes192, aes256, "
+    raise ConfigError(f"unknown cipher {shown(word)} (known: aes128, aes192, aes256, "
                       "aes128gcm16 (and 8, 12; 192, 256), chacha20poly1305)")
 
 
@@ -111,7 +110,7 @@ class EspProposal:
 def parse_ike(text: str) -> IkeProposal:
     """``aes128gcm16-prfsha256-x25519``, ``aes256-sha256-modp2048``, ``aes128-sha256-prfsha384-ecp256``."""
     words = text.strip().lower().split("-")
-    encr, bits = _cipher(words[0], text)
+    encr, bits = _cipher(words[0])
     prf = integ = None
     groups = []
     for w in words[1:]:
@@ -123,31 +122,28 @@ def parse_ike(text: str) -> IkeProposal:
         elif w in DH_KEYWORDS:
             groups.append(int(DH_KEYWORDS[w]))
         else:
-            raise ConfigError(f"unknown or misplaced keyword {w!r} in IKE proposal {text!r}")
+            raise ConfigError(f"unknown or misplaced keyword {shown(w)} after {words[0]} in an IKE proposal")
     if encr in _AEAD and prf is None:
-        raise ConfigError(f"IKE proposal {text!r} uses an AEAD cipher: name its PRF (e.g. prfsha256)")
+        raise ConfigError(f"IKE proposal {words[0]}-... uses an AEAD cipher: name its PRF (e.g. prfsha256)")
     if encr not in _AEAD and integ is None:
-        raise ConfigError(f"IKE proposal {text!r} needs an integrity algorithm (e.g. sha256)")
+        raise ConfigError(f"IKE proposal {words[0]}-... needs an integrity algorithm (e.g. sha256)")
     if not groups:
-        raise ConfigError(f"IKE proposal {text!r} names no Diffie-Hellman group (e.g. x25519, modp2048)")
+        raise ConfigError(f"IKE proposal {words[0]}-... names no Diffie-Hellman group (e.g. x25519, modp2048)")
     return IkeProposal(text.strip().lower(), int(encr), bits, int(prf), int(integ or 0), tuple(groups))
 
 
 def parse_esp(text: str) -> EspProposal:
     """``aes128gcm16``, ``aes256-sha256``, ``chacha20poly1305``, ``aes128gcm16-x25519`` (PFS)."""
-    words = text.strip().lower().split("-")
-    groups = tuple(int(DH_KEYWORDS[w]) for w in words if w in DH_KEYWORDS)
-    rest = [w for w in words if w not in DH_KEYWORDS]
-    name = parse_proposal("-".join(rest)).name          # an ESP transform ipsp's kernel implements
-    encr, bits = _cipher(rest[0], text)
+    transform, groups = parse_esp_proposal(text)      # an ESP transform ipsp's kernel implements
+    cipher, _, integ_word = transform.name.partition("-")
+    encr, bits = _cipher(cipher)               # and one IKE can negotiate
     integ = 0
     if encr not in _AEAD:
-        if len(rest) != 2 or rest[1] not in _INTEG:
-            raise ConfigError(f"ESP proposal {text!r}: IKE negotiates sha1, sha256, sha384 or sha512 integrity")
-        integ = _INTEG[rest[1]][0]
-    elif len(rest) != 1:
-        raise ConfigError(f"ESP proposal {text!r}: an AEAD cipher takes no integrity algorithm")
-    return EspProposal(name, int(encr), bits, int(integ), groups)
+        if integ_word not in _INTEG:
+            raise ConfigError(f"ESP proposal {transform.name}: IKE negotiates sha1, sha256, sha384 or sha512 "
+                              "integrity")
+        integ = _INTEG[integ_word][0]
+    return EspProposal(transform.name, int(encr), bits, int(integ), groups)
 
 
 # -- the responder's choice (RFC 7296 2.7, 3.3.6) ----------------------------------------------
