@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import queue
-import re
 import resource
 import selectors
 import signal
@@ -35,7 +34,7 @@ import time
 from typing import Any, Callable
 
 from ipsp.config import Config, ManualSA, config_from_document, load_config
-from ipsp.errors import ConfigError, IpsecError
+from ipsp.errors import ConfigError, IpsecError, redact, shown
 from ipsp.spd import ANY, Policy
 
 __all__ = ["ControlServer", "ControlClient", "ControlError", "MAX_LINE", "MAX_CONNECTIONS", "IDLE_TIMEOUT",
@@ -119,26 +118,6 @@ def connection_row(c) -> dict:
 # -- requests -----------------------------------------------------------------------------------
 
 _TYPES = {int: "an integer", str: "a string", bool: "true or false"}
-_HEXRUN = re.compile(r"[0-9a-fA-F]{16}")
-_NAME = re.compile(r"[A-Za-z0-9_.:/-]{1,64}")
-
-
-def _shown(value: Any) -> str:
-    """*value* for an error message, or a description of it where the value itself might be
-    key material, a control character or a screenful (a hex run of 16+ digits is never shown)."""
-    if isinstance(value, str):
-        if _NAME.fullmatch(value) and not _HEXRUN.search(value):
-            return repr(value)
-        return f"a {len(value)}-character string"
-    if isinstance(value, bool) or value is None:
-        return json.dumps(value)
-    if isinstance(value, int):
-        return str(value) if abs(value) < 1 << 64 else f"an integer of {value.bit_length()} bits"
-    if isinstance(value, float):
-        return "a number with a fraction" if value == value and abs(value) != float("inf") else repr(value)
-    return {list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
-
-
 def _param(params: dict, name: str, kind: type, default: Any = ..., *, spi: bool = False,
            lo: int = 0, hi: int = (1 << 63) - 1) -> Any:
     if name not in params:
@@ -152,13 +131,13 @@ def _param(params: dict, name: str, kind: type, default: Any = ..., *, spi: bool
         except ValueError:
             value = None
         if value is None:
-            raise ConfigError(f"parameter {name!r} must be an integer or '0x...', got {_shown(params[name])}")
+            raise ConfigError(f"parameter {name!r} must be an integer or '0x...', got {shown(params[name])}")
     if value is None and default is None:
         return None
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"parameter {name!r} must be {_TYPES[kind]}, got {_shown(value)}")
+        raise ConfigError(f"parameter {name!r} must be {_TYPES[kind]}, got {shown(value)}")
     if kind is int and not lo <= value <= hi:
-        raise ConfigError(f"parameter {name!r} must lie within {lo}..{hi:#x}, got {_shown(value)}")
+        raise ConfigError(f"parameter {name!r} must lie within {lo}..{hi:#x}, got {shown(value)}")
     if kind is str and "\0" in value:
         raise ConfigError(f"parameter {name!r} contains a NUL character")
     return value
@@ -167,9 +146,10 @@ def _param(params: dict, name: str, kind: type, default: Any = ..., *, spi: bool
 def _only(params: dict, *names: str) -> None:
     unknown = sorted(set(params) - set(names))
     if unknown:
-        shown = [u if _NAME.fullmatch(u) and not _HEXRUN.search(u) else _shown(u) for u in unknown[:8]]
         more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
-        raise ConfigError(f"unknown parameter(s) {', '.join(shown)}{more}")
+        # a plain name as it was written; ConfigError hides one that could be a key
+        names = [u if u.isidentifier() else shown(u) for u in unknown[:8]]
+        raise ConfigError(f"unknown parameter(s) {', '.join(names)}{more}")
 
 
 def _one(doc_key: str, table: dict) -> Config:
@@ -297,7 +277,7 @@ class ControlServer:
         op = request.pop("op")
         handler = self._ops.get(op)
         if handler is None:
-            return {"ok": False, "error": f"unknown op {_shown(op)} (known: {', '.join(self._ops)})"}
+            return {"ok": False, "error": f"unknown op {shown(op)} (known: {', '.join(self._ops)})"}
         try:
             return {"ok": True, "result": plain(handler(request))}
         except ConfigError as exc:         # "dport: port range 2000-1000 must ..."
@@ -351,7 +331,7 @@ class ControlServer:
         dst = _address(_param(params, "dst", str), "dst")
         direction = _param(params, "direction", str)
         if direction not in ("in", "out"):
-            raise ConfigError(f"parameter 'direction' must be 'in' or 'out', got {_shown(direction)}")
+            raise ConfigError(f"parameter 'direction' must be 'in' or 'out', got {shown(direction)}")
         source = _param(params, "group_source", str, None)
         self.engine.km.del_sa(spi, dst, direction,
                               group_source=None if source is None else _address(source, "group_source"))
@@ -442,7 +422,7 @@ def _where(path) -> str | None:
     """A path fit for a message: not one with a NUL or a newline (it would garble the log
     line), nor one that holds a long hex run (a key typed where a file name goes)."""
     text = os.fspath(path)
-    return text if text.isprintable() and not _HEXRUN.search(text) else None
+    return text if redact(text) == text else None
 
 
 def _failure(exc: BaseException, doing: str) -> str:
@@ -478,7 +458,7 @@ def _address(value: str, name: str):
     try:
         return ipaddress.ip_address(value)
     except ValueError:
-        raise ConfigError(f"parameter {name!r}: {_shown(value)} is not an IPv4 or IPv6 address") from None
+        raise ConfigError(f"parameter {name!r}: {shown(value)} is not an IPv4 or IPv6 address") from None
 
 
 def _installed(km, m: ManualSA) -> bool:

@@ -214,8 +214,6 @@ def test_every_param_of_every_op_over_the_corpus(served, caplog):
         conn.close()
 
 
-@pytest.mark.xfail(strict=True, reason="ipsp.config's validator quotes values in its messages (issue 11 "
-                   "item 8, fixed in config.py): when it no longer does, drop this mark")
 def test_table_ops_never_quote_a_key_like_or_huge_value(served):
     quoted = []
     for case, op, name, value in cases():

@@ -562,8 +562,12 @@ def test_a_reload_is_never_visible_half_done(server, short_dir):
     def poll():
         client = ControlClient(server.path)
         while not stop:
-            for policies, sas in ((engine.policy_list(), engine.sa_list()),
-                                  (engine.policy_list(), [s for s in engine.counters()["sas"]])):
+            # two reads are one view only under the engine's lock, which a reload's swap holds
+            # (changes() takes it and, with nothing changed inside, rebuilds nothing)
+            with engine.changes():
+                views = ((engine.policy_list(), engine.sa_list()),
+                         (engine.policy_list(), [s for s in engine.counters()["sas"]]))
+            for policies, sas in views:
                 dsts = {str(p.selector.dst) for p in policies} - {"10.2.0.0/16"}
                 shape = (next(iter(dsts)) if len(dsts) == 1 else tuple(sorted(dsts)), len(policies),
                          frozenset((s["direction"], s["spi"]) for s in sas))
