@@ -44,12 +44,14 @@ def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"not valid TOML: {exc}", path=str(path)) from None
     except UnicodeDecodeError:
         raise ConfigError("not valid TOML: not UTF-8 text", path=str(path)) from None
+    except RecursionError:          # tomllib recurses per nesting level
+        raise ConfigError("not valid TOML: nested too deeply", path=str(path)) from None
 
 
 def sas_from_document(doc: Mapping[str, Any], *, path: str | None = None,
-                      env: Mapping[str, str] | None = None) -> list[SAConfig]:
+                      env: Mapping[str, str] | None = None, icv_unchecked: bool = False) -> list[SAConfig]:
     """SAConfigs from a parsed document's ``[[sa]]`` array; checks that SPIs are unique per
-    destination (the inbound lookup key, RFC 4301 4.1)."""
+    destination (the inbound lookup key, RFC 4301 4.1). ``icv_unchecked``: see SAConfig."""
     unknown = sorted(set(doc) - {"sa", "allow_insecure"})
     if unknown:
         raise ConfigError(f"unknown top-level key(s) {', '.join(unknown)}", path=path)
@@ -63,7 +65,7 @@ def sas_from_document(doc: Mapping[str, Any], *, path: str | None = None,
     seen: dict[tuple[int, bytes], int] = {}
     for i, entry in enumerate(entries):
         try:
-            sa = sa_from_mapping(entry, key=f"sa[{i}]", allow_insecure=allow, env=env)
+            sa = sa_from_mapping(entry, key=f"sa[{i}]", allow_insecure=allow, env=env, icv_unchecked=icv_unchecked)
         except ConfigError as exc:
             raise ConfigError(exc.message, path=path, key=exc.key) from None
         lookup = (sa.spi, sa.dst.packed)
@@ -75,9 +77,10 @@ def sas_from_document(doc: Mapping[str, Any], *, path: str | None = None,
     return sas
 
 
-def load_sa_file(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> list[SAConfig]:
+def load_sa_file(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None,
+                 icv_unchecked: bool = False) -> list[SAConfig]:
     """The SAs of a TOML file, validated; raises ConfigError naming file and key path."""
-    return sas_from_document(_read_toml(path), path=str(path), env=env)
+    return sas_from_document(_read_toml(path), path=str(path), env=env, icv_unchecked=icv_unchecked)
 
 
 # -- the configuration file -----------------------------------------------------------------

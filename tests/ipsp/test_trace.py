@@ -109,19 +109,53 @@ def test_failures_are_counted_per_reason_and_left_out(tmp_path, capsys):
     assert len(_read(tmp_path / "back.pcap")[0]) == 18
 
 
+CBC_SHA1 = f"""
+[[sa]]
+spi = 0x2002
+src = "198.51.100.1"
+dst = "198.51.100.2"
+proposal = "3des-sha1"
+allow_insecure = true
+enc_key = "0x{bytes(range(100, 124)).hex()}"
+"""
+
+
 def test_no_verify_decrypts_with_only_the_cipher_key(tmp_path, capsys):
     packets = gen.imix_packets(10, seed=9)
     _write(tmp_path / "plain.pcap", [_eth(p) for p in packets])
-    right = _sa_file(tmp_path, GCM_TUNNEL)
-    main(["trace", "encrypt", "--sa", right, str(tmp_path / "plain.pcap"), str(tmp_path / "esp.pcap")])
+    both = _sa_file(tmp_path, CBC_SHA1 + f'auth_key = "0x{SHA_KEY.hex()}"\n')
+    assert main(["trace", "encrypt", "--sa", both, str(tmp_path / "plain.pcap"), str(tmp_path / "esp.pcap")]) == 0
     esp, _ = _read(tmp_path / "esp.pcap")
-    # ICVs destroyed: verification fails, --no-verify still recovers the plaintext
-    _write(tmp_path / "noicv.pcap", [f[:-16] + bytes(16) for f in esp])
+    (tmp_path / "cipher-only.toml").write_text(CBC_SHA1)          # no auth_key at all
+    only = str(tmp_path / "cipher-only.toml")
     capsys.readouterr()
-    main(["trace", "decrypt", "--sa", right, str(tmp_path / "noicv.pcap"), str(tmp_path / "x.pcap")])
-    assert "10  ICV_FAIL" in capsys.readouterr().out
-    main(["trace", "decrypt", "--sa", right, "--no-verify", str(tmp_path / "noicv.pcap"), str(tmp_path / "y.pcap")])
+    # verifying needs the integrity key: refused by name, nothing written
+    assert main(["trace", "decrypt", "--sa", only, str(tmp_path / "esp.pcap"), str(tmp_path / "x.pcap")]) == 1
+    assert "sa[0].auth_key: 3des-sha1 needs a 20-byte auth_key" in capsys.readouterr().err
+    assert not (tmp_path / "x.pcap").exists()
+    # --no-verify: the ICV is stripped by its length, the plaintext comes back
+    assert main(["trace", "decrypt", "--sa", only, "--no-verify", str(tmp_path / "esp.pcap"),
+                 str(tmp_path / "y.pcap")]) == 0
+    assert "10 processed" in capsys.readouterr().out
     assert [f[14:] for f in _read(tmp_path / "y.pcap")[0]] == packets
+    # and it is truly unchecked: destroyed ICVs make no difference
+    _write(tmp_path / "noicv.pcap", [f[:-12] + bytes(12) for f in esp])
+    assert main(["trace", "decrypt", "--sa", only, "--no-verify", str(tmp_path / "noicv.pcap"),
+                 str(tmp_path / "z.pcap")]) == 0
+    assert [f[14:] for f in _read(tmp_path / "z.pcap")[0]] == packets
+    assert main(["trace", "decrypt", "--sa", both, str(tmp_path / "noicv.pcap"), str(tmp_path / "w.pcap")]) == 1
+    assert "10  ICV_FAIL" in capsys.readouterr().out
+
+
+def test_an_sa_without_its_integrity_key_never_encrypts(tmp_path):
+    from ipsp import trace
+    from ipsp.config import load_sa_file
+
+    _write(tmp_path / "plain.pcap", [_eth(p) for p in gen.imix_packets(3)])
+    sas = load_sa_file(_sa_file(tmp_path, CBC_SHA1), icv_unchecked=True)
+    with pytest.raises(ValueError, match="can only decrypt"):
+        trace.encrypt_trace(str(tmp_path / "plain.pcap"), str(tmp_path / "esp.pcap"), sas)
+    assert not (tmp_path / "esp.pcap").exists()
 
 
 def test_transport_mode_udp_encap_over_pcapng(tmp_path):
@@ -152,8 +186,10 @@ encap = "udp"
 def test_damaged_capture_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "bad.pcap").write_bytes(b"\x00" * 40)
     sa = _sa_file(tmp_path, GCM_TUNNEL)
-    assert main(["trace", "decrypt", "--sa", sa, str(tmp_path / "bad.pcap"), str(tmp_path / "o.pcap")]) == 2
-    assert "offset 0" in capsys.readouterr().err
+    # a bad file is exit 1 (docs/cli.md), and nothing is written
+    assert main(["trace", "decrypt", "--sa", sa, str(tmp_path / "bad.pcap"), str(tmp_path / "o.pcap")]) == 1
+    assert "bad.pcap: offset 0" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["bad.pcap", "sa.toml"]
 
 
 @pytest.mark.parametrize("proposal", ["des-sha1", "des-md5", "aes128-md5"])
@@ -169,7 +205,7 @@ auth_key = "0x{os.urandom(20 if proposal.endswith('sha1') else 16).hex()}"
 """
     sa = _sa_file(tmp_path, body)
     _write(tmp_path / "p.pcap", [_eth(gen.ipv4_udp(60, bytes(4), bytes(4), 1, 2, 0, 0))])
-    assert main(["trace", "encrypt", "--sa", sa, str(tmp_path / "p.pcap"), str(tmp_path / "o.pcap")]) == 2
+    assert main(["trace", "encrypt", "--sa", sa, str(tmp_path / "p.pcap"), str(tmp_path / "o.pcap")]) == 1
     err = capsys.readouterr().err
     assert "sa.toml:sa[0].proposal" in err and "allow_insecure" in err
     sa = _sa_file(tmp_path, "allow_insecure = true\n" + body)
