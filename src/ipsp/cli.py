@@ -15,6 +15,12 @@ from ipsp.errors import ConfigError
 from ipsp.outfile import FileError, check_input, replacing
 
 
+def _error(text: str) -> None:
+    """An error as one line on standard error: a newline in a file name cannot split it, nor
+    can a control or bidirectional character disguise it (they are shown escaped)."""
+    print(_escaped(text), file=sys.stderr)
+
+
 def _cmd_trace(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -36,12 +42,12 @@ def _cmd_trace(args: argparse.Namespace) -> int:
             report = trace.decrypt_trace(args.input, args.output, sas, verify=not args.no_verify,
                                          sources=[key_file])
     except pcap.TraceError as exc:
-        print(f"ipsp: {args.input}: {exc}", file=sys.stderr)
+        _error(f"ipsp: {args.input}: {exc}")
         return 1
     except trace.NothingProcessed as exc:
         for line in exc.report.lines():
             print(line)
-        print(f"ipsp: {args.input}: {exc}", file=sys.stderr)
+        _error(f"ipsp: {args.input}: {exc}")
         return 1
     for line in report.lines():
         print(line)
@@ -59,7 +65,7 @@ def _cmd_trace_gen(args: argparse.Namespace) -> int:
     except FileError:
         raise
     except ValueError as exc:        # what the parser cannot see alone, e.g. too few flows for the shares
-        print(f"ipsp trace gen: {exc}", file=sys.stderr)
+        _error(f"ipsp trace gen: {exc}")
         return 2
     flows = args.flows or args.profile.default_flows
     mean = s.ip_bytes / s.packets if s.packets else 0
@@ -85,6 +91,8 @@ def _count(low: int, high: int):
     """An integer option within low..high (huge values would allocate or run for ever)."""
     def parse(text: str) -> int:
         try:
+            if not text.isascii():       # int() takes any script's digits: "١٢" would be 12
+                raise ValueError
             value = int(text, 10)
         except ValueError:
             raise ValueError(f"expected a whole number, got {text[:40]!r}") from None
@@ -214,7 +222,7 @@ def _bench(args: argparse.Namespace, bench, gen, t0: float, plot_tmp: str | None
     except FileError:
         raise
     except ValueError as exc:          # pcap.TraceError and bench.NoPackets are ValueErrors
-        print(f"ipsp bench: {args.trace}: {exc}" if args.trace else f"ipsp bench: {exc}", file=sys.stderr)
+        _error(f"ipsp bench: {args.trace}: {exc}" if args.trace else f"ipsp bench: {exc}")
         return 1
     if show:
         print(file=sys.stderr)
@@ -307,23 +315,36 @@ def _client(args: argparse.Namespace):
     return ControlClient(args.socket)
 
 
-def _cmd_engine(args: argparse.Namespace) -> int:
+def _escaped(text: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _daemon_log() -> None:
+    """The daemons' log on standard error, one line per message: a newline or a control
+    character in a file name or a peer's identity cannot forge a second line."""
     import logging
 
+    class OneLine(logging.Formatter):
+        def formatMessage(self, record: logging.LogRecord) -> str:
+            record.message = _escaped(record.message)
+            return super().formatMessage(record)
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLine("%(asctime)s ipsp[%(process)d] %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+
+
+def _cmd_engine(args: argparse.Namespace) -> int:
     from ipsp.control import run_engine
 
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s ipsp[%(process)d] %(levelname)s %(message)s")
+    _daemon_log()
     return run_engine(args.config, args.socket)
 
 
 def _cmd_gateway(args: argparse.Namespace) -> int:
-    import logging
-
     from ipsp.gateway import run_gateway
 
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s ipsp[%(process)d] %(levelname)s %(message)s")
+    _daemon_log()
     return run_gateway(args.config, args.socket)
 
 
@@ -752,7 +773,8 @@ class _Parser(argparse.ArgumentParser):
     """Usage errors as one line on standard error, exit 2 (subcommands inherit the class)."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (usage: {self.prog} --help)\n")
+        _error(f"{self.prog}: error: {message} (usage: {self.prog} --help)")
+        self.exit(2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -818,7 +840,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ControlError, FileError) as exc:
         # a bad file or data, or an engine that refused: exit 1 (docs/cli.md); usage errors,
         # argparse's, are 2
-        print(f"ipsp: {exc}", file=sys.stderr)
+        _error(f"ipsp: {exc}")
         return 1
     except BrokenPipeError:
         # `ipsp sa list --json | head`: the reader has gone, so has the point of printing
@@ -827,8 +849,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         # a file error the checks before could not foresee (a disk that fails, a file removed
         # meanwhile): one line naming it, never a traceback
-        print(f"ipsp: {exc.filename}: {exc.strerror}" if exc.filename else f"ipsp: {exc.strerror or exc}",
-              file=sys.stderr)
+        _error(f"ipsp: {exc.filename}: {exc.strerror}" if exc.filename else f"ipsp: {exc.strerror or exc}")
         return 1
 
 

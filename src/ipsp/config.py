@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -37,6 +38,9 @@ __all__ = ["load_sa_file", "sas_from_document", "load_config", "config_from_docu
 def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                # /dev/zero or a FIFO would be read for ever
+                raise ConfigError("not a regular file", path=str(path))
             return tomllib.load(f)
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", path=str(path)) from None
@@ -46,6 +50,8 @@ def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError("not valid TOML: not UTF-8 text", path=str(path)) from None
     except RecursionError:          # tomllib recurses per nesting level
         raise ConfigError("not valid TOML: nested too deeply", path=str(path)) from None
+    except ValueError as exc:       # tomllib's int() of a number past sys.get_int_max_str_digits()
+        raise ConfigError(f"not valid TOML: {exc}", path=str(path)) from None
 
 
 def sas_from_document(doc: Mapping[str, Any], *, path: str | None = None,
