@@ -842,6 +842,10 @@ def main(argv: list[str] | None = None) -> int:
         # argparse's, are 2
         _error(f"ipsp: {exc}")
         return 1
+    except KeyboardInterrupt:
+        # Ctrl-C in a bench or a long trace: outputs in progress are removed (ipsp.outfile)
+        _error("ipsp: interrupted")
+        return 130
     except BrokenPipeError:
         # `ipsp sa list --json | head`: the reader has gone, so has the point of printing
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -460,3 +460,16 @@ def test_secrets_file_errors_name_the_line_never_the_key(tmp_path, capsys, body,
     assert words in err and err.count("\n") == 1, err
     assert "ab" * 8 not in err and "zz" * 8 not in err
     assert not (tmp_path / "o.pcap").exists()
+
+
+def test_ctrl_c_midway_is_one_line_exit_130_and_leaves_no_file(tmp_path, capsys, monkeypatch):
+    _write(tmp_path / "in.pcap", [_eth(p) for p in gen.imix_packets(50)])
+    sa = _sa_file(tmp_path, GCM_TUNNEL)
+
+    def interrupted(self, *a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pcap.TraceWriter, "write", interrupted)
+    assert main(["trace", "encrypt", "--sa", sa, str(tmp_path / "in.pcap"), str(tmp_path / "out.pcap")]) == 130
+    assert capsys.readouterr().err == "ipsp: interrupted\n"
+    assert sorted(os.listdir(tmp_path)) == ["in.pcap", "sa.toml"]
