@@ -46,12 +46,22 @@ def _cmd_trace(args: argparse.Namespace) -> int:
         return 1
     except trace.NothingProcessed as exc:
         for line in exc.report.lines():
-            print(line)
+            print(line, file=_report_stream(args.output))
         _error(f"ipsp: {args.input}: {exc}")
         return 1
     for line in report.lines():
-        print(line)
+        print(line, file=_report_stream(args.output))
     return 0
+
+
+def _report_stream(output: str):
+    """Standard output, unless the capture itself goes there (/dev/stdout): then the report
+    goes to standard error, as tcpdump -w - does, so the pcap stays whole."""
+    try:
+        out, fd1 = os.stat(output), os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):    # no such output, or stdout without a descriptor
+        return sys.stdout
+    return sys.stderr if (out.st_dev, out.st_ino) == (fd1.st_dev, fd1.st_ino) else sys.stdout
 
 
 def _cmd_trace_gen(args: argparse.Namespace) -> int:

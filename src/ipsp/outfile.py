@@ -63,15 +63,14 @@ def replacing(path: str | os.PathLike[str], *, inputs: Iterable[str | os.PathLik
     """Yields the name of a fresh temporary file next to ``path``; on a normal exit it
     replaces ``path``, on an exception it is removed and ``path`` is untouched.
 
-    ``path`` naming a symbolic link writes the file the link points to (the link stays).
-    Raises FileError before anything is written when ``path`` is one of ``inputs``, is a
-    directory, or its directory does not exist or is not writable.
+    ``path`` naming a symbolic link writes the file the link points to (the link stays); a
+    pipe or a device (``/dev/stdout``) is written directly. Raises FileError before anything
+    is written when ``path`` is one of ``inputs``, is a directory, or its directory does not
+    exist or is not writable.
     """
     name = _name(path)
-    target = os.path.realpath(name)
-    folder = os.path.dirname(target)
     try:
-        out = os.stat(target)
+        out = os.stat(name)
     except FileNotFoundError:
         out = None
     except OSError as exc:
@@ -86,6 +85,12 @@ def replacing(path: str | os.PathLike[str], *, inputs: Iterable[str | os.PathLik
                 continue             # an input that cannot be statted is not this file
             if (st.st_dev, st.st_ino) == (out.st_dev, out.st_ino):
                 raise FileError(name, f"is the same file as the input {os.fsdecode(i)}: refusing to overwrite it")
+        if not stat.S_ISREG(out.st_mode):
+            # a pipe or a device (/dev/stdout, /dev/null): written through, nothing to replace
+            yield name
+            return
+    target = os.path.realpath(name)
+    folder = os.path.dirname(target)
     if not os.path.isdir(folder):
         raise FileError(name, f"directory {folder} does not exist")
     base = os.path.basename(target)
@@ -103,14 +108,7 @@ def replacing(path: str | os.PathLike[str], *, inputs: Iterable[str | os.PathLik
         raise FileError(name, f"cannot create a temporary file in {folder}")
     try:
         yield tmp
-        if out is not None and not stat.S_ISREG(out.st_mode):
-            # a FIFO or a device (/dev/null, /dev/stdout): write through it, never replace it
-            with open(tmp, "rb") as src, open(target, "wb") as dst:
-                while chunk := src.read(1 << 20):
-                    dst.write(chunk)
-            os.unlink(tmp)
-        else:
-            os.replace(tmp, target)
+        os.replace(tmp, target)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -473,3 +473,22 @@ def test_ctrl_c_midway_is_one_line_exit_130_and_leaves_no_file(tmp_path, capsys,
     assert main(["trace", "encrypt", "--sa", sa, str(tmp_path / "in.pcap"), str(tmp_path / "out.pcap")]) == 130
     assert capsys.readouterr().err == "ipsp: interrupted\n"
     assert sorted(os.listdir(tmp_path)) == ["in.pcap", "sa.toml"]
+
+
+def test_a_pipe_or_device_output_is_written_through(tmp_path):
+    import subprocess
+    import sys
+    _write(tmp_path / "in.pcap", [_eth(p) for p in gen.imix_packets(7)])
+    sa = _sa_file(tmp_path, GCM_TUNNEL)
+    assert main(["trace", "encrypt", "--sa", sa, str(tmp_path / "in.pcap"), "/dev/null"]) == 0
+    code = "import sys; from ipsp.cli import main; sys.exit(main(sys.argv[1:]))"
+    r = subprocess.run([sys.executable, "-c", code, "trace", "encrypt", "--sa", sa, str(tmp_path / "in.pcap"),
+                        "/dev/stdout"], capture_output=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(pcap.__file__))})
+    assert r.returncode == 0, r.stderr
+    # the report goes to standard error then: the capture on standard output stays whole
+    assert r.stdout.startswith(struct.pack("<I", 0xA1B23C4D)) and b"7 packets read: 7 processed" in r.stderr
+    (tmp_path / "piped.pcap").write_bytes(r.stdout)
+    assert len(_read(tmp_path / "piped.pcap")[0]) == 7
+    os.unlink(tmp_path / "piped.pcap")
+    assert sorted(os.listdir(tmp_path)) == ["in.pcap", "sa.toml"]
