@@ -26,7 +26,6 @@ Wireshark's ``esp_sa`` table.
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 import struct
 from collections import Counter

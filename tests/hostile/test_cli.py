@@ -86,6 +86,7 @@ def _run(capsys, world, argv):
 
 # -- paths: every string of the corpus and every kind of wrong file, in every path slot -------
 
+# (hex-key is left out: in a path slot it is a file name, and errors name the file)
 BAD_PATHS = [(f"str:{n}", v) for n, v in hostile.STRINGS if n != "hex-key"] + [
     ("missing", "no/such/file"), ("directory", "adir"), ("dev-zero", "/dev/zero"),
     ("dev-stdin", "/dev/stdin"), ("too-long", "x" * 5000),
