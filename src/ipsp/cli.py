@@ -12,38 +12,70 @@ import fastpath
 
 from ipsp._version import __version__
 from ipsp.errors import ConfigError
+from ipsp.outfile import FileError, check_input, replacing
+
+
+def _error(text: str) -> None:
+    """An error as one line on standard error: a newline in a file name cannot split it, nor
+    can a control or bidirectional character disguise it (they are shown escaped)."""
+    print(_escaped(text), file=sys.stderr)
 
 
 def _cmd_trace(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from ipsp import pcap, trace
     from ipsp.config import load_sa_file
 
-    sas = load_sa_file(args.sa)
+    key_file = args.sa or args.secrets
+    check_input(key_file)                  # before the TOML reader: /dev/zero would be read forever
+    if args.secrets:
+        sas = trace.load_secrets(args.secrets)
+        if args.no_verify:
+            sas = [replace(sa, icv_unchecked=True) for sa in sas]
+    else:
+        sas = load_sa_file(args.sa, icv_unchecked=args.no_verify)
     try:
         if args.action == "encrypt":
-            report = trace.encrypt_trace(args.input, args.output, sas)
+            report = trace.encrypt_trace(args.input, args.output, sas, sources=[key_file])
         else:
-            report = trace.decrypt_trace(args.input, args.output, sas, verify=not args.no_verify)
+            report = trace.decrypt_trace(args.input, args.output, sas, verify=not args.no_verify,
+                                         sources=[key_file])
     except pcap.TraceError as exc:
-        print(f"ipsp: {args.input}: {exc}", file=sys.stderr)
-        return 2
+        _error(f"ipsp: {args.input}: {exc}")
+        return 1
+    except trace.NothingProcessed as exc:
+        for line in exc.report.lines():
+            print(line, file=_report_stream(args.output))
+        _error(f"ipsp: {args.input}: {exc}")
+        return 1
     for line in report.lines():
-        print(line)
+        print(line, file=_report_stream(args.output))
     return 0
+
+
+def _report_stream(output: str):
+    """Standard output, unless the capture itself goes there (/dev/stdout): then the report
+    goes to standard error, as tcpdump -w - does, so the pcap stays whole."""
+    try:
+        out, fd1 = os.stat(output), os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):    # no such output, or stdout without a descriptor
+        return sys.stdout
+    return sys.stderr if (out.st_dev, out.st_ino) == (fd1.st_dev, fd1.st_ino) else sys.stdout
 
 
 def _cmd_trace_gen(args: argparse.Namespace) -> int:
     from ipsp import gen
 
     try:
-        s = gen.write_trace(args.output, args.profile, args.packets, seed=args.seed, flows=args.flows,
-                            ipv6_share=args.ipv6_share, tcp_share=args.tcp_share, rate_bps=args.rate,
-                            linktype=args.linktype)
+        with replacing(args.output) as tmp:
+            s = gen.write_trace(tmp, args.profile, args.packets, seed=args.seed, flows=args.flows,
+                                ipv6_share=args.ipv6_share, tcp_share=args.tcp_share, rate_bps=args.rate,
+                                linktype=args.linktype)
+    except FileError:
+        raise
     except ValueError as exc:        # what the parser cannot see alone, e.g. too few flows for the shares
-        print(f"ipsp trace gen: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"ipsp trace gen: {args.output}: {exc.strerror}", file=sys.stderr)
+        _error(f"ipsp trace gen: {exc}")
         return 2
     flows = args.flows or args.profile.default_flows
     mean = s.ip_bytes / s.packets if s.packets else 0
@@ -54,25 +86,58 @@ def _cmd_trace_gen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checked(parse, name: str):
+    """An argparse type from a parser that raises ValueError: its own words, exit 2."""
+    def convert(text: str):
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    convert.__name__ = name
+    return convert
+
+
+def _count(low: int, high: int):
+    """An integer option within low..high (huge values would allocate or run for ever)."""
+    def parse(text: str) -> int:
+        try:
+            if not text.isascii():       # int() takes any script's digits: "١٢" would be 12
+                raise ValueError
+            value = int(text, 10)
+        except ValueError:
+            raise ValueError(f"expected a whole number, got {text[:40]!r}") from None
+        if value < low:
+            raise ValueError(f"must be at least {low}, got {text[:40]}")
+        if value > high:
+            raise ValueError(f"must be at most {high}, got {text[:40]}")
+        return value
+    return _checked(parse, "count")
+
+
+def _proposal(text: str) -> str:
+    from ipsp.transforms import parse_proposal
+
+    try:
+        parse_proposal(text)
+    except ConfigError as exc:
+        raise ValueError(exc.message) from None
+    return text
+
+
+def _path_arg(text: str) -> str:
+    # a NUL cannot reach a system call (ValueError deep inside open()); an empty name is no file
+    if not text:
+        raise argparse.ArgumentTypeError("empty file name")
+    if "\0" in text:
+        raise argparse.ArgumentTypeError("file name contains a NUL byte")
+    return text
+
+
 def _add_trace_gen_parser(trace_sub) -> None:
     """``ipsp trace gen PROFILE OUT``: the synthetic benchmark traces of ipsp.gen."""
     from ipsp import gen
 
-    def checked(parse, name: str):
-        def convert(text: str):
-            try:
-                return parse(text)
-            except ValueError as exc:    # argparse shows an ArgumentTypeError's own words, exit 2
-                raise argparse.ArgumentTypeError(str(exc)) from None
-        convert.__name__ = name
-        return convert
-
-    def at_least(low: int):
-        def parse(text: str) -> int:
-            if int(text) < low:
-                raise ValueError(f"must be at least {low}, got {text}")
-            return int(text)
-        return parse
+    checked = _checked
 
     def share(text: str) -> float:
         if not 0.0 <= float(text) <= 1.0:
@@ -86,13 +151,13 @@ def _add_trace_gen_parser(trace_sub) -> None:
                     "fixed:N (IP size N), imix (Simple IMIX 7:4:1 of IP 40/576/1500), genome:LETTERS (RFC 6985, "
                     "e.g. genome:aaaaaaaaaabg), internet (bimodal mix, Zipf flows).")
     g.add_argument("profile", metavar="PROFILE", type=checked(gen.parse_profile, "profile"))
-    g.add_argument("output", metavar="OUT", help="the pcap file to write")
-    g.add_argument("--packets", type=checked(at_least(0), "count"), default=262144,
-                   help="how many (default 262144: bigger than the L3 cache)")
+    g.add_argument("output", metavar="OUT", type=_path_arg, help="the pcap file to write")
+    g.add_argument("--packets", type=_count(0, 2**32), default=262144,
+                   help="how many (default 262144: bigger than the L3 cache; at most 2**32)")
     g.add_argument("--seed", type=int, default=1, help="same seed, same bytes (default 1)")
     g.add_argument("--rate", type=checked(gen.parse_rate, "rate"), default=10_000_000_000,
                    help="line rate for the timestamps: 1G, 10G, 40G, 100G or bit/s (default 10G)")
-    g.add_argument("--flows", type=checked(at_least(1), "count"),
+    g.add_argument("--flows", type=_count(1, 2**24),
                    help=f"distinct 5-tuples (default {gen.INTERNET_FLOWS} for internet, {gen.DEFAULT_FLOWS} otherwise)")
     g.add_argument("--ipv6-share", type=checked(share, "share"), default=0.0, metavar="FRACTION",
                    help="expected fraction of IPv6 packets (default 0)")
@@ -109,10 +174,40 @@ def _table(rows: list[list[str]]) -> str:
                      for r in rows)
 
 
+class _Failed(Exception):
+    """A command that failed after its output was opened: the exit status, nothing written."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
+    import contextlib
+
     from ipsp import bench, gen
 
     t0 = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        if args.trace:
+            check_input(args.trace)
+        plot_tmp = None
+        if args.plot:
+            # both before the bench runs: a missing matplotlib or output directory found after
+            # minutes of measuring would throw them away
+            try:
+                bench.plot_backend()
+            except ImportError:
+                print("ipsp bench: --plot needs matplotlib (pip install 'ipsp[plot]')", file=sys.stderr)
+                return 1
+            plot_tmp = stack.enter_context(replacing(args.plot, inputs=[args.trace] if args.trace else []))
+        status = _bench(args, bench, gen, t0, plot_tmp)
+        if status and plot_tmp:
+            raise _Failed(status)      # leaves the with by an exception: the plot is not put in place
+        return status
+
+
+def _bench(args: argparse.Namespace, bench, gen, t0: float, plot_tmp: str | None) -> int:
     if args.trace:
         source = bench.Source.from_file(args.trace)
         total = None
@@ -134,20 +229,23 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             source, args.proposal or list(bench.DEFAULT_PROPOSALS), args.backend or None, batch=args.batch,
             repeats=args.repeats, chunk=args.chunk, threads=args.threads,
             baseline_kinds=() if args.no_baselines else ("cryptography", "scapy"), progress=progress)
-    except (OSError, ValueError) as exc:          # pcap.TraceError is a ValueError
-        print(f"ipsp bench: {exc}", file=sys.stderr)
+    except FileError:
+        raise
+    except ValueError as exc:          # pcap.TraceError and bench.NoPackets are ValueErrors
+        _error(f"ipsp bench: {args.trace}: {exc}" if args.trace else f"ipsp bench: {exc}")
         return 1
     if show:
         print(file=sys.stderr)
     info = {"version": __version__, "backends": fastpath.backends(), "trace": source.name,
             "packets": results[0].packets if results else 0, "skipped_frames": source.skipped,
+            "trace_rules": dict(source.rules),
             "batch": args.batch, "chunk": args.chunk, "repeats": args.repeats,
             "peak_rss_bytes": bench.peak_rss_bytes(), "seconds": round(time.perf_counter() - t0, 1)}
     if args.json:
         print(json.dumps({**info, "results": bench.as_dicts(results), "threads": bench.as_dicts(scaling)}, indent=2))
     else:
         print(f"ipsp {__version__} bench: {source.name}, {info['packets']} packets"
-              + (f" ({source.skipped} non-IP frames skipped)" if source.skipped else "")
+              + (f" ({source.describe_rules()})" if source.rules else "")
               + f", chunks of {args.chunk}, batches of {args.batch}, fastest of {args.repeats} per chunk, one core")
         print("backends: " + ", ".join(f"{k} {v}" for k, v in fastpath.backends().items()))
         print(_table(bench.table_rows(results)))
@@ -161,12 +259,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
               "Python ESP on a sample, as multiples of our time (x); all measured in this run on the same packets. "
               f"ok: every decapsulated packet equals its input. Peak memory {info['peak_rss_bytes'] / 2**20:.0f} MiB; "
               f"{info['seconds']:.0f} s.")
-    if args.plot:
-        try:
-            bench.plot(results, args.plot, title=f"ipsp {__version__}: {source.name}")
-        except ImportError:
-            print("ipsp bench: --plot needs matplotlib (pip install 'ipsp[plot]')", file=sys.stderr)
-            return 1
+    if plot_tmp:
+        bench.plot(results, plot_tmp, title=f"ipsp {__version__}: {source.name}")
     return 0 if all(r.verified for r in results) and all(s.verified for s in scaling) else 1
 
 
@@ -234,23 +328,36 @@ def _client(args: argparse.Namespace):
     return ControlClient(args.socket)
 
 
-def _cmd_engine(args: argparse.Namespace) -> int:
+def _escaped(text: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _daemon_log() -> None:
+    """The daemons' log on standard error, one line per message: a newline or a control
+    character in a file name or a peer's identity cannot forge a second line."""
     import logging
 
+    class OneLine(logging.Formatter):
+        def formatMessage(self, record: logging.LogRecord) -> str:
+            record.message = _escaped(record.message)
+            return super().formatMessage(record)
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLine("%(asctime)s ipsp[%(process)d] %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+
+
+def _cmd_engine(args: argparse.Namespace) -> int:
     from ipsp.control import run_engine
 
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s ipsp[%(process)d] %(levelname)s %(message)s")
+    _daemon_log()
     return run_engine(args.config, args.socket)
 
 
 def _cmd_gateway(args: argparse.Namespace) -> int:
-    import logging
-
     from ipsp.gateway import run_gateway
 
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s ipsp[%(process)d] %(levelname)s %(message)s")
+    _daemon_log()
     return run_gateway(args.config, args.socket)
 
 
@@ -540,22 +647,24 @@ _SA_OPTIONS = ("direction", "spi", "src", "dst", "proposal", "enc_key_env", "enc
 def _add_control_parsers(sub) -> argparse.ArgumentParser:
     """The engine and control subcommands; returns `sa add`'s parser, which main checks."""
     def socket_opt(parser, required: bool = True) -> None:
-        parser.add_argument("--socket", required=required, metavar="PATH", help="the engine's control socket")
+        parser.add_argument("--socket", required=required, metavar="PATH", type=_path_arg,
+                            help="the engine's control socket")
 
     def json_opt(parser) -> None:
         parser.add_argument("--json", action="store_true", help="machine-readable output")
 
     e = sub.add_parser("engine", help="run an engine with its control socket (no packet I/O)")
-    e.add_argument("--config", required=True, metavar="FILE", help="the configuration file")
-    e.add_argument("--socket", metavar="PATH", help="control socket (default: [engine] control_socket)")
+    e.add_argument("--config", required=True, metavar="FILE", type=_path_arg, help="the configuration file")
+    e.add_argument("--socket", metavar="PATH", type=_path_arg, help="control socket (default: [engine] control_socket)")
     e.set_defaults(func=_cmd_engine)
 
     g = sub.add_parser("gateway", help="run a tunnel gateway: a TUN device, the engine and an outer socket",
                        description="Run the engine as a tunnel gateway: the [gateway] table of the configuration "
                                    "file names the TUN device, the routes into it and the outer socket (ESP in UDP "
                                    "or raw ESP); prints 'ipsp gateway: ready' on standard error once it forwards.")
-    g.add_argument("--config", required=True, metavar="FILE", help="configuration file with a [gateway] table")
-    g.add_argument("--socket", metavar="PATH", help="control socket (default: [engine] control_socket)")
+    g.add_argument("--config", required=True, metavar="FILE", type=_path_arg,
+                   help="configuration file with a [gateway] table")
+    g.add_argument("--socket", metavar="PATH", type=_path_arg, help="control socket (default: [engine] control_socket)")
     g.set_defaults(func=_cmd_gateway)
 
     c = sub.add_parser("config", help="configuration files").add_subparsers(dest="config_command", required=True)
@@ -569,14 +678,14 @@ def _add_control_parsers(sub) -> argparse.ArgumentParser:
     for group, func in ((sa, _cmd_sa_list), (pol, _cmd_policy_list)):
         ls = group.add_parser("list", help="from the running engine (--socket) or a configuration file (--config)")
         src = ls.add_mutually_exclusive_group(required=True)
-        src.add_argument("--socket", metavar="PATH", help="the engine's control socket")
-        src.add_argument("--config", metavar="FILE", help="a configuration file")
+        src.add_argument("--socket", metavar="PATH", type=_path_arg, help="the engine's control socket")
+        src.add_argument("--config", metavar="FILE", type=_path_arg, help="a configuration file")
         json_opt(ls)
         ls.set_defaults(func=func)
 
     add = sa.add_parser("add", help="install SAs: every [[sa]] of --file, or one from the options")
     socket_opt(add)
-    add.add_argument("--file", metavar="SA.toml", help="[[sa]] tables in the configuration file's schema")
+    add.add_argument("--file", metavar="SA.toml", type=_path_arg, help="[[sa]] tables in the configuration file's schema")
     add.add_argument("--direction", choices=["in", "out"])
     add.add_argument("--spi", type=_spi, help="0x100..0xffffffff (hex with 0x)")
     add.add_argument("--src")
@@ -586,7 +695,7 @@ def _add_control_parsers(sub) -> argparse.ArgumentParser:
     for name in ("enc", "auth"):
         k = add.add_mutually_exclusive_group()
         k.add_argument(f"--{name}-key-env", metavar="NAME", help=f"{name}_key from the engine's environment")
-        k.add_argument(f"--{name}-key-file", metavar="PATH", help=f"{name}_key from a hex file the engine reads")
+        k.add_argument(f"--{name}-key-file", metavar="PATH", type=_path_arg, help=f"{name}_key from a hex file the engine reads")
     add.add_argument("--reqid", type=int)
     add.add_argument("--mode", choices=["tunnel", "transport"])
     add.add_argument("--encap", choices=["udp"], help="ESP in UDP (RFC 3948)")
@@ -645,7 +754,7 @@ def _add_control_parsers(sub) -> argparse.ArgumentParser:
 
     rl = sub.add_parser("reload", help="make the running engine re-read its configuration file (or FILE)")
     socket_opt(rl)
-    rl.add_argument("file", nargs="?", metavar="FILE")
+    rl.add_argument("file", nargs="?", metavar="FILE", type=_path_arg)
     rl.set_defaults(func=_cmd_reload)
 
     ike = sub.add_parser("ike", help="the IKEv2 daemon of a running gateway").add_subparsers(
@@ -665,41 +774,57 @@ def _add_control_parsers(sub) -> argparse.ArgumentParser:
     for ik in ik_cmds:
         ik.set_defaults(func=_cmd_ike)
 
-    for parser in (e, g, cc, *sa.choices.values(), *pol.choices.values(), st, ev, rl, *ik_cmds):
-        parser.set_defaults(error_status=1)
     return add
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on standard error, exit 2 (subcommands inherit the class)."""
+
+    def error(self, message: str):
+        _error(f"{self.prog}: error: {message} (usage: {self.prog} --help)")
+        self.exit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="ipsp", description="An embeddable IPsec ESP engine.")
+    p = _Parser(prog="ipsp", description="An embeddable IPsec ESP engine.")
     p.add_argument("--version", action="version", version=f"ipsp {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("bench", help="measure encapsulation and decapsulation against baselines (the main job)")
-    b.add_argument("--trace", metavar="FILE", help="a pcap or pcapng file (default: a generated Simple IMIX trace)")
-    b.add_argument("--packets", type=int, default=65536, help="packets in the generated trace (default 65536)")
-    b.add_argument("--proposal", action="append", help="a proposal to measure (repeatable; default: a standard set)")
+    b.add_argument("--trace", metavar="FILE", type=_path_arg,
+                   help="a pcap or pcapng file (default: a generated Simple IMIX trace)")
+    b.add_argument("--packets", type=_count(1, 1 << 22), default=65536,
+                   help="packets in the generated trace (default 65536, at most 4194304)")
+    b.add_argument("--proposal", action="append", type=_checked(_proposal, "proposal"),
+                   help="a proposal to measure (repeatable; default: a standard set)")
     b.add_argument("--backend", action="append", choices=["openssl", "ipsecmb"], help="backend (repeatable)")
-    b.add_argument("--batch", type=int, default=256, help="packets per engine call (default 256)")
-    b.add_argument("--chunk", type=int, default=1024, help="packets per timed pass, a receive ring (default 1024)")
-    b.add_argument("--repeats", type=int, default=3, help="timed passes per chunk, the fastest counts (default 3)")
-    b.add_argument("--threads", type=int, default=1, help="also measure N threads against one (flows sharded over SAs)")
+    b.add_argument("--batch", type=_count(1, 65536), default=256, help="packets per engine call (default 256)")
+    b.add_argument("--chunk", type=_count(1, 65536), default=1024,
+                   help="packets per timed pass, a receive ring (default 1024)")
+    b.add_argument("--repeats", type=_count(1, 1000), default=3,
+                   help="timed passes per chunk, the fastest counts (default 3)")
+    b.add_argument("--threads", type=_count(1, 256), default=1,
+                   help="also measure N threads against one (flows sharded over SAs)")
     b.add_argument("--no-baselines", action="store_true", help="skip the cryptography and scapy baselines")
     b.add_argument("--seed", type=int, default=1)
     b.add_argument("--json", action="store_true", help="machine-readable output")
-    b.add_argument("--plot", metavar="FILE.png", help="draw the results (needs matplotlib: ipsp[plot])")
+    b.add_argument("--plot", metavar="FILE.png", type=_path_arg, help="draw the results (needs matplotlib: ipsp[plot])")
     b.set_defaults(func=_cmd_bench)
 
     t = sub.add_parser("trace", help="encrypt or decrypt a pcap/pcapng capture, or generate one")
     trace_sub = t.add_subparsers(dest="action", required=True)
     for action in ("encrypt", "decrypt"):
         ta = trace_sub.add_parser(action, help=f"{action} a capture with the SAs of an SA file")
-        ta.add_argument("--sa", required=True, help="TOML file with [[sa]] tables")
-        ta.add_argument("--no-verify", action="store_true",
-                        help="decrypt: strip the ICV without checking it (only the cipher key is known)")
-        ta.add_argument("input")
-        ta.add_argument("output")
-        ta.set_defaults(func=_cmd_trace)
+        keys = ta.add_mutually_exclusive_group(required=True)
+        keys.add_argument("--sa", type=_path_arg, metavar="FILE", help="TOML file with [[sa]] tables")
+        if action == "decrypt":
+            keys.add_argument("--secrets", type=_path_arg, metavar="FILE",
+                              help="a tcpdump espsecret file (SPI@DST ALGO:SECRET lines) or a Wireshark esp_sa file")
+            ta.add_argument("--no-verify", action="store_true",
+                            help="strip the ICV without checking it (only the cipher key is known)")
+        ta.add_argument("input", type=_path_arg)
+        ta.add_argument("output", type=_path_arg)
+        ta.set_defaults(func=_cmd_trace, secrets=None, no_verify=False)
     _add_trace_gen_parser(trace_sub)
 
     i = sub.add_parser("info", help="versions and crypto backends")
@@ -714,20 +839,29 @@ def main(argv: list[str] | None = None) -> int:
             sa_add.error(f"give --file or the SA's options (--{given[0].replace('_', '-')}), not both")
         if not args.file and not {"direction", "spi", "src", "dst", "proposal"} <= set(given):
             sa_add.error("give --file, or --direction, --spi, --src, --dst and --proposal")
-    if getattr(args, "no_verify", False) and args.action != "decrypt":
-        p.error("--no-verify applies to decrypt only")
     from ipsp.control import ControlError
 
     try:
         return args.func(args)
-    except (ConfigError, ControlError) as exc:
-        print(f"ipsp: {exc}", file=sys.stderr)
-        return getattr(args, "error_status", 2)
+    except _Failed as exc:
+        return exc.status
+    except (ConfigError, ControlError, FileError) as exc:
+        # a bad file or data, or an engine that refused: exit 1 (docs/cli.md); usage errors,
+        # argparse's, are 2
+        _error(f"ipsp: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        # Ctrl-C in a bench or a long trace: outputs in progress are removed (ipsp.outfile)
+        _error("ipsp: interrupted")
+        return 130
     except BrokenPipeError:
-        if not hasattr(args, "error_status"):     # only the control commands: the others as before
-            raise
         # `ipsp sa list --json | head`: the reader has gone, so has the point of printing
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as exc:
+        # a file error the checks before could not foresee (a disk that fails, a file removed
+        # meanwhile): one line naming it, never a traceback
+        _error(f"ipsp: {exc.filename}: {exc.strerror}" if exc.filename else f"ipsp: {exc.strerror or exc}")
         return 1
 
 

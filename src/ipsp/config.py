@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import functools
 import os
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -43,10 +44,18 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     a nesting that exhausts the parser's stack included, is a ConfigError naming the file. A
     file that holds secrets inline and is readable by others draws a warning."""
     where = str(path)
+    if "\0" in where:
+        raise ConfigError("the path contains a NUL character", path=where)
     try:
-        with open(path, "rb") as f:
+        # non-blocking: opening a FIFO must not wait for a writer; /dev/zero or a FIFO would
+        # then be read for ever, so only a regular file is read at all
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC), "rb") as f:
             st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise ConfigError("not a regular file", path=where)
             doc = tomllib.load(f)
+    except ConfigError:
+        raise
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", path=where) from None
     except tomllib.TOMLDecodeError as exc:
@@ -80,10 +89,10 @@ def _whole(document_function):
     on the control socket) can nest deeper than any check's recursion. Warnings come out only
     when it succeeds."""
     @functools.wraps(document_function)
-    def wrapper(doc, *, path=None, env=None):
+    def wrapper(doc, *, path=None, env=None, **options):
         try:
             with notes_on_success(path):
-                return document_function(doc, path=path, env=env)
+                return document_function(doc, path=path, env=env, **options)
         except RecursionError:
             raise ConfigError("nested too deeply", path=path) from None
         except MemoryError:
@@ -114,15 +123,15 @@ def sa_tables(doc: Mapping[str, Any], *, path: str | None = None) -> tuple[list[
 
 @_whole
 def sas_from_document(doc: Mapping[str, Any], *, path: str | None = None,
-                      env: Mapping[str, str] | None = None) -> list[SAConfig]:
+                      env: Mapping[str, str] | None = None, icv_unchecked: bool = False) -> list[SAConfig]:
     """SAConfigs from a parsed document's ``[[sa]]`` array; checks that SPIs are unique per
-    destination (the inbound lookup key, RFC 4301 4.1)."""
+    destination (the inbound lookup key, RFC 4301 4.1). ``icv_unchecked``: see SAConfig."""
     entries, allow = sa_tables(doc, path=path)
     sas: list[SAConfig] = []
     seen: dict[tuple[int, bytes], int] = {}
     for i, entry in enumerate(entries):
         try:
-            sa = sa_from_mapping(entry, key=f"sa[{i}]", allow_insecure=allow, env=env)
+            sa = sa_from_mapping(entry, key=f"sa[{i}]", allow_insecure=allow, env=env, icv_unchecked=icv_unchecked)
         except ConfigError as exc:
             raise ConfigError(exc.message, path=path, key=exc.key) from None
         lookup = (sa.spi, sa.dst.packed)
@@ -134,10 +143,11 @@ def sas_from_document(doc: Mapping[str, Any], *, path: str | None = None,
     return sas
 
 
-def load_sa_file(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> list[SAConfig]:
+def load_sa_file(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None,
+                 icv_unchecked: bool = False) -> list[SAConfig]:
     """The SAs of a TOML file, validated; raises ConfigError naming file and key path."""
     with notes_on_success(str(path)):
-        return sas_from_document(read_toml(path), path=str(path), env=env)
+        return sas_from_document(read_toml(path), path=str(path), env=env, icv_unchecked=icv_unchecked)
 
 
 # -- the configuration file -----------------------------------------------------------------

@@ -218,6 +218,8 @@ def parse_rate(text: str | float) -> int:
     if isinstance(text, (int, float)):
         value = float(text)
     else:
+        if not text.isascii():          # float() takes any script's digits
+            raise ValueError(f"bad rate {text!r}: expected bit/s such as 1G, 10G, 40G, 100G or 2500000000")
         t = text.strip().upper().removesuffix("BPS").removesuffix("BIT/S")
         scale = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}.get(t[-1:], 1)
         try:

@@ -77,7 +77,9 @@ class SAConfig:
     match: Selector | None = None
     allow_insecure: bool = False
     fragment: str = "outer"      # a forwarder's choice for IPv4 DF clear above the path MTU
-
+    # decrypt only, the ICV stripped by its length and never checked, so the integrity key
+    # may be absent: `ipsp trace decrypt --no-verify`, as tcpdump -E and Wireshark allow
+    icv_unchecked: bool = False
 
     def __post_init__(self) -> None:
         t = self.transform
@@ -96,7 +98,7 @@ class SAConfig:
             extra = f" (key + {t.salt_len}-byte salt)" if t.salt_len else ""
             raise ConfigError(f"{t.name} needs a {t.enc_key_len}-byte enc_key{extra}, got {len(self.enc_key)} bytes",
                               key="enc_key")
-        if len(self.auth_key) != t.auth_key_len:
+        if len(self.auth_key) != t.auth_key_len and not (self.icv_unchecked and not self.auth_key):
             what = "takes no auth_key (AEAD)" if t.aead else f"needs a {t.auth_key_len}-byte auth_key"
             raise ConfigError(f"{t.name} {what}, got {len(self.auth_key)} bytes", key="auth_key")
         if self.backend not in _BACKENDS:
@@ -288,13 +290,13 @@ def unknown_keys(table: Mapping[str, Any], known: set[str], key: str | None, wha
 
 
 # the file says encap = "udp"; SAConfig's own field name is not a key
-_KNOWN = {f.name for f in fields(SAConfig)} - {"transform", "udp"} | {"proposal", "encap"}
+_KNOWN = {f.name for f in fields(SAConfig)} - {"transform", "udp", "icv_unchecked"} | {"proposal", "encap"}
 
 
 def sa_from_mapping(entry: Mapping[str, Any], *, key: str = "sa", allow_insecure: bool = False,
-                    env: Mapping[str, str] | None = None) -> SAConfig:
+                    env: Mapping[str, str] | None = None, icv_unchecked: bool = False) -> SAConfig:
     """An SAConfig from one ``[[sa]]`` table (the schema of ``ipsp trace`` and the config file).
-    Every error names the key path (``key`` prefixes it)."""
+    Every error names the key path (``key`` prefixes it). ``icv_unchecked``: see SAConfig."""
     env = os.environ if env is None else env
     if not isinstance(entry, Mapping):
         raise ConfigError("an SA entry must be a table", key=key)
@@ -347,6 +349,7 @@ def sa_from_mapping(entry: Mapping[str, Any], *, key: str = "sa", allow_insecure
         dst = _network(m.get("dst", any6 if src.version == 6 else any4), f"{key}.match.dst")
         kw["match"] = Selector(src, dst)
     kw["allow_insecure"] = kw.get("allow_insecure", False) or allow_insecure
+    kw["icv_unchecked"] = icv_unchecked
     try:
         config = SAConfig(**kw)
         # what the kernel refuses (a transform its backend lacks) must fail here, where

@@ -12,23 +12,36 @@ uses:
 Packets no SA claims (non-IP frames, other traffic, IKE) are copied unchanged and counted as
 passed. Packets an SA claims but cannot process are counted per reason and left out of
 the output; every packet is in exactly one count.
+
+The output is written to a temporary file next to it and renamed into place when the run
+succeeded (:mod:`ipsp.outfile`); it is refused when it is the input or the SA file. A run
+that read packets but processed none of them (a wrong key, SAs that match nothing) raises
+:class:`NothingProcessed` and writes nothing.
+
+SAs come from an SA file (:func:`ipsp.config.load_sa_file`) or from the secrets files
+people already have (:func:`load_secrets`): tcpdump's ``-E`` / espsecret lines and
+Wireshark's ``esp_sa`` table.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import struct
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable
 
 import fastpath
 from fastpath import PacketBatch, Status
 
 from ipsp import pcap
+from ipsp.errors import ConfigError
+from ipsp.outfile import FileError, check_input, replacing
 from ipsp.sa import SAConfig
+from ipsp.transforms import parse_proposal
 
-__all__ = ["TraceReport", "encrypt_trace", "decrypt_trace"]
+__all__ = ["TraceReport", "NothingProcessed", "encrypt_trace", "decrypt_trace", "load_secrets"]
 
 CHUNK = 4096
 HEADROOM = 128
@@ -41,6 +54,7 @@ class TraceReport:
     passed: int = 0            # frames no SA claimed, written unchanged
     failed: Counter = field(default_factory=Counter)   # status name -> frames left out
     truncated_tail: str | None = None
+    unchecked: list[str] = field(default_factory=list)  # SAs whose ICVs were stripped unchecked
 
     @property
     def dropped(self) -> int:
@@ -53,7 +67,18 @@ class TraceReport:
             out.append(f"  {n:>10}  {name}: {fastpath.status_description(Status[name])}")
         if self.truncated_tail:
             out.append(f"warning: {self.truncated_tail}")
+        if self.unchecked:
+            out.append(f"note: ICVs stripped unchecked (no integrity key, or --no-verify): {', '.join(self.unchecked)}")
         return out
+
+
+class NothingProcessed(ValueError):
+    """The capture held packets but the SAs processed none of them; nothing was written."""
+
+    def __init__(self, report: TraceReport, verb: str) -> None:
+        self.report = report
+        super().__init__(f"no packet could be {verb} ({report.dropped} dropped, {report.passed} passed "
+                         "through no SA claimed): output not written")
 
 
 # ---------------------------------------------------------------------------------------
@@ -129,30 +154,51 @@ def _relink(frame: memoryview, linktype: int, l3off: int, family: int) -> bytes:
 
 
 def _out_linktype(linktype: int) -> int:
-    # 228/229 promise one IP version for the whole file; ESP may change it
-    return pcap.LINKTYPE_RAW if linktype in (pcap.LINKTYPE_IPV4, pcap.LINKTYPE_IPV6) else linktype
+    # 228/229 promise one IP version for the whole file; ESP may change it. A file without
+    # interfaces (0 bytes, or a pcapng header alone: valid and empty) becomes an empty raw IP file
+    return pcap.LINKTYPE_RAW if linktype in (pcap.LINKTYPE_IPV4, pcap.LINKTYPE_IPV6, -1) else linktype
 
 
-def _run(in_path: str, out_path: str, sas: list[SAConfig], encrypt: bool, verify: bool) -> TraceReport:
-    states = [sa.make_state() for sa in sas]
-    chooser = _Chooser(sas)
+def _state(sa: SAConfig) -> fastpath.SAState:
+    if sa.icv_unchecked and not sa.auth_key and sa.transform.auth_key_len:
+        # the kernel keys its HMAC even when told not to verify; with verify=False the key is
+        # never used, the ICV is only stripped by its length (RFC 4303 2.8)
+        sa = replace(sa, auth_key=bytes(sa.transform.auth_key_len))
+    return sa.make_state()
+
+
+def _run(in_path: str, out_path: str, sas: list[SAConfig], encrypt: bool, verify: bool,
+         sources: Iterable[str]) -> TraceReport:
+    if not sas:
+        raise ValueError("no SAs given")
+    if encrypt and any(sa.icv_unchecked for sa in sas):
+        raise ValueError("an SA without its integrity key (icv_unchecked) can only decrypt")
+    check_input(in_path)
     report = TraceReport()
-    try:
-        with pcap.open_trace(in_path) as trace:
-            report.truncated_tail = trace.truncated_tail
-            linktype = trace.linktype
-            with pcap.TraceWriter(out_path, _out_linktype(linktype), nanosecond=True) as writer:
-                for start in range(0, trace.count, CHUNK):
-                    _chunk(trace, writer, range(start, min(start + CHUNK, trace.count)), states, chooser,
-                           encrypt, verify, report)
-    finally:
-        for st in states:
-            st.close()
+    verifies = [verify and not sa.icv_unchecked for sa in sas]
+    if not encrypt:
+        report.unchecked = [f"{sa.spi:#010x} to {sa.dst}" for sa, v in zip(sas, verifies) if not v]
+    with replacing(out_path, inputs=[in_path, *sources]) as tmp:
+        states = [_state(sa) for sa in sas]
+        chooser = _Chooser(sas)
+        try:
+            with pcap.open_trace(in_path) as trace:
+                report.truncated_tail = trace.truncated_tail
+                linktype = trace.linktype
+                with pcap.TraceWriter(tmp, _out_linktype(linktype), nanosecond=True) as writer:
+                    for start in range(0, trace.count, CHUNK):
+                        _chunk(trace, writer, range(start, min(start + CHUNK, trace.count)), states, chooser,
+                               encrypt, verifies, report)
+        finally:
+            for st in states:
+                st.close()
+        if report.packets and not report.processed:
+            raise NothingProcessed(report, "encrypted" if encrypt else "decrypted")
     return report
 
 
 def _chunk(trace: pcap.Trace, writer: pcap.TraceWriter, idx: Iterable[int], states: list[fastpath.SAState],
-           chooser: _Chooser, encrypt: bool, verify: bool, report: TraceReport) -> None:
+           chooser: _Chooser, encrypt: bool, verifies: list[bool], report: TraceReport) -> None:
     idx = list(idx)
     owner: dict[int, tuple[int, int]] = {}          # frame index -> (SA, slot in its batch)
     groups: dict[int, list[int]] = {}
@@ -177,7 +223,7 @@ def _chunk(trace: pcap.Trace, writer: pcap.TraceWriter, idx: Iterable[int], stat
         if encrypt:
             batch.encap(state)
         else:
-            batch.decap(state, verify=verify)
+            batch.decap(state, verify=verifies[sa])
         batches[sa] = batch
     for i in idx:
         frame = trace.frame(i)
@@ -199,12 +245,257 @@ def _chunk(trace: pcap.Trace, writer: pcap.TraceWriter, idx: Iterable[int], stat
         writer.write(out, ts)
 
 
-def encrypt_trace(in_path: str, out_path: str, sas: list[SAConfig]) -> TraceReport:
-    """ESP-protect every packet an SA claims; see the module docstring for the rules."""
-    return _run(in_path, out_path, sas, True, True)
+def encrypt_trace(in_path: str, out_path: str, sas: list[SAConfig], *, sources: Iterable[str] = ()) -> TraceReport:
+    """ESP-protect every packet an SA claims; see the module docstring for the rules.
+    ``sources``: other files the output must not overwrite (the SA file)."""
+    return _run(in_path, out_path, sas, True, True, sources)
 
 
-def decrypt_trace(in_path: str, out_path: str, sas: list[SAConfig], *, verify: bool = True) -> TraceReport:
+def decrypt_trace(in_path: str, out_path: str, sas: list[SAConfig], *, verify: bool = True,
+                  sources: Iterable[str] = ()) -> TraceReport:
     """Decapsulate every ESP packet an SA claims. verify=False strips the ICV unchecked, for
-    captures where only the cipher key is known (as tcpdump -E and Wireshark allow)."""
-    return _run(in_path, out_path, sas, False, verify)
+    captures where only the cipher key is known (as tcpdump -E and Wireshark allow); so is
+    that of every SA with ``icv_unchecked``, whatever ``verify`` says."""
+    return _run(in_path, out_path, sas, False, verify, sources)
+
+
+# ---------------------------------------------------------------------------------------
+# secrets files of other tools: tcpdump -E / espsecret and Wireshark's esp_sa table
+
+MAX_SECRETS_BYTES = 1 << 20     # thousands of SAs; a larger "secrets file" is the wrong file
+
+# tcpdump: OpenSSL cipher names, "-cbc" and "-hmac96" (a 12-byte ICV, never checked) optional
+_TCPDUMP_CIPHERS = {"des": "des", "3des": "3des", "des-ede3": "3des", "aes128": "aes128", "aes-128": "aes128",
+                    "aes192": "aes192", "aes-192": "aes192", "aes256": "aes256", "aes-256": "aes256"}
+
+# Wireshark's names (epan/dissectors/packet-esp.c), old and new spellings -> proposal stem
+_WS_CIPHERS = {"tripledes-cbc [rfc2451]": "3des", "3des [rfc2451]": "3des", "des-cbc [rfc2405]": "des",
+               "aes-cbc [rfc3602]": "aes", "aes-cbc-128 [rfc3602]": "aes128", "aes-cbc-192 [rfc3602]": "aes192",
+               "aes-cbc-256 [rfc3602]": "aes256", "aes-ctr [rfc3686]": "aesctr",
+               "aes-gcm with 8 octet icv [rfc4106]": "gcm8", "aes-gcm with 12 octet icv [rfc4106]": "gcm12",
+               "aes-gcm with 16 octet icv [rfc4106]": "gcm16",
+               "aes-gcm with iiv and 16 octet icv [rfc4106 & rfc8750]": "gcm16-iiv",
+               "chacha20 with poly1305 [rfc7634]": "chacha20poly1305",
+               "chacha20 with poly1305 and iiv [rfc7634 & rfc8750]": "chacha20poly1305-iiv"}
+_WS_AUTH = {"null": None, "hmac-sha-1-96 [rfc2404]": "sha1", "hmac-sha-256-128 [rfc4868]": "sha256",
+            "hmac-sha-384-192 [rfc4868]": "sha384", "hmac-sha-512-256 [rfc4868]": "sha512",
+            "hmac-md5-96 [rfc2403]": "md5", "hmac_sha1_96 [rfc2404]": "sha1", "hmac_sha2_256_128 [rfc4868]": "sha256",
+            "hmac_sha2_384_192 [rfc4868]": "sha384", "hmac_sha2_512_256 [rfc4868]": "sha512",
+            "hmac_md5_96 [rfc2403]": "md5",
+            # an ICV of that length stripped unchecked: any HMAC of that truncation serves
+            "any 96 bit authentication [no checking]": "sha1!", "any 128 bit authentication [no checking]": "sha256!",
+            "any 192 bit authentication [no checking]": "sha384!",
+            "any 256 bit authentication [no checking]": "sha512!"}
+
+
+class _Line:
+    def __init__(self, path: str, number: int):
+        self.path, self.number = path, number
+
+    def error(self, problem: str) -> FileError:
+        return FileError(self.path, f"line {self.number}: {problem}")
+
+
+def _secret(text: str, where: _Line, what: str) -> bytes:
+    """A key as both tools write it: 0x and hex digits, else the ASCII text itself. Errors
+    never repeat the text: it is key material."""
+    if text[:2].lower() == "0x":
+        digits = text[2:]
+        if len(digits) % 2:
+            digits = "0" + digits            # as Wireshark reads an odd count
+        try:
+            return bytes.fromhex(digits)
+        except ValueError:
+            raise where.error(f"{what} is not valid hex after 0x") from None
+    try:
+        return text.encode("ascii")
+    except UnicodeEncodeError:
+        raise where.error(f"{what} is neither 0x-hex nor ASCII text") from None
+
+
+def _address_of(text: str, where: _Line, what: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise where.error(f"{what} is not an IPv4 or IPv6 address") from None
+
+
+def _spi_of(text: str, where: _Line) -> int:
+    try:
+        spi = int(text, 0)
+    except ValueError:
+        raise where.error("the SPI is not a number such as 0x1001") from None
+    if not 256 <= spi <= 0xFFFFFFFF:
+        raise where.error("the SPI is outside 0x100..0xffffffff (RFC 4303 2.1)")
+    return spi
+
+
+def _make_sa(where: _Line, proposal: str, spi: int, src, dst, enc_key: bytes, auth_key: bytes,
+             unchecked: bool, implicit_iv: bool = False) -> SAConfig:
+    try:
+        # decrypting a capture protects nothing: legacy ciphers are read as the capture has them
+        return SAConfig(spi=spi, src=src, dst=dst, transform=parse_proposal(proposal), enc_key=enc_key,
+                        auth_key=auth_key, implicit_iv=implicit_iv, allow_insecure=True, icv_unchecked=unchecked)
+    except ConfigError as exc:
+        raise where.error(exc.message) from None
+
+
+def _aes_bits(n: int, where: _Line, takes: str) -> int:
+    if n not in (16, 24, 32):
+        raise where.error(f"the encryption key is the wrong length for AES: {takes} bytes")
+    return n * 8
+
+
+def _tcpdump_line(text: str, where: _Line) -> SAConfig:
+    # "SPI@DST ALGO:SECRET" (tcpdump(1) -E; print-esp.c reads one SA a line from a file)
+    parts = text.split(None, 1)
+    if len(parts) != 2:
+        raise where.error("expected SPI@DST ALGO:SECRET (a default SA without SPI@DST is not supported)")
+    spikey, decode = parts[0], parts[1].strip()
+    if spikey.lower() in ("file", "ikev2"):
+        raise where.error(f"'{spikey.lower()}' lines are not supported: give ESP SAs as SPI@DST ALGO:SECRET")
+    spi_text, at, dst_text = spikey.partition("@")
+    if not at:
+        raise where.error("expected SPI@DST before the algorithm")
+    spi = _spi_of(spi_text, where)
+    dst = _address_of(dst_text, where, "the address after @")
+    algo, colon, secret = decode.partition(":")
+    if not colon:
+        raise where.error("expected ALGO:SECRET after SPI@DST")
+    name = algo.strip().lower()
+    hmac96 = name.endswith("-hmac96")
+    name = name.removesuffix("-hmac96").removesuffix("-cbc")
+    cipher = _TCPDUMP_CIPHERS.get(name)
+    if cipher is None:
+        raise where.error(f"unknown algorithm: expected one of {', '.join(sorted(_TCPDUMP_CIPHERS))} "
+                          "with -cbc and -hmac96 (e.g. aes128-cbc-hmac96)")
+    if not hmac96:
+        raise where.error("the algorithm needs -hmac96 (a 12-byte ICV): ESP without an ICV is not supported")
+    src = ipaddress.ip_address(0 if dst.version == 4 else "::")   # tcpdump matches on SPI and destination only
+    return _make_sa(where, f"{cipher}-sha1", spi, src, dst, _secret(secret.strip(), where, "the secret"), b"",
+                    unchecked=True)
+
+
+def _uat_fields(text: str, where: _Line) -> list[str]:
+    """The fields of one UAT line: comma-separated, each "quoted" with \\xNN and \\" escapes."""
+    fields, i, n = [], 0, len(text)
+    while True:
+        while i < n and text[i] in " \t":
+            i += 1
+        if i < n and text[i] == '"':
+            i += 1
+            out = []
+            while True:
+                if i >= n:
+                    raise where.error("a quoted field is not closed")
+                c = text[i]
+                if c == '"':
+                    i += 1
+                    break
+                if c == "\\" and i + 1 < n:
+                    if text[i + 1] == "x" and re.fullmatch(r"[0-9a-fA-F]{2}", text[i + 2:i + 4]):
+                        out.append(chr(int(text[i + 2:i + 4], 16)))
+                        i += 4
+                        continue
+                    out.append(text[i + 1])
+                    i += 2
+                    continue
+                out.append(c)
+                i += 1
+            fields.append("".join(out))
+        else:
+            j = text.find(",", i)
+            fields.append(text[i:j if j >= 0 else n].strip())
+            i = j if j >= 0 else n
+        while i < n and text[i] in " \t":
+            i += 1
+        if i >= n:
+            return fields
+        if text[i] != ",":
+            raise where.error("expected a comma between fields")
+        i += 1
+
+
+def _wireshark_line(text: str, where: _Line) -> SAConfig:
+    # protocol, src, dst, SPI, encryption, its key, authentication, its key (and, in newer
+    # releases, fields after these, which decryption does not need)
+    f = _uat_fields(text, where)
+    if len(f) < 8:
+        raise where.error(f"expected 8 fields (protocol, source, destination, SPI, encryption, key, "
+                          f"authentication, key), got {len(f)}")
+    proto, src_t, dst_t, spi_t, enc_t, enc_key_t, auth_t, auth_key_t = f[:8]
+    if proto not in ("IPv4", "IPv6", "Any", "*"):
+        raise where.error("the protocol is not IPv4, IPv6 or Any")
+    if "*" in dst_t or "*" in spi_t:
+        raise where.error("wildcards in the destination or SPI are not supported: SAs are found by both")
+    spi = _spi_of(spi_t, where)
+    dst = _address_of(dst_t, where, "the destination")
+    if proto in ("IPv4", "IPv6") and dst.version != int(proto[-1]):
+        raise where.error(f"the destination is not an {proto} address")
+    src = (ipaddress.ip_address(0 if dst.version == 4 else "::") if src_t in ("", "*")
+           else _address_of(src_t, where, "the source"))
+    stem = _WS_CIPHERS.get(enc_t.strip().lower())
+    if stem is None:
+        raise where.error(f"unsupported encryption algorithm (supported: {', '.join(sorted(set(_WS_CIPHERS)))})")
+    auth = _WS_AUTH.get(auth_t.strip().lower(), "?")
+    if auth == "?":
+        raise where.error(f"unsupported authentication algorithm (supported: {', '.join(sorted(_WS_AUTH))})")
+    enc_key = _secret(enc_key_t.strip(), where, "the encryption key")
+    auth_key = _secret(auth_key_t.strip(), where, "the authentication key") if auth_key_t.strip() else b""
+    iiv = stem.endswith("-iiv")
+    stem = stem.removesuffix("-iiv")
+    if stem.startswith("gcm") or stem == "chacha20poly1305":
+        if auth is not None:
+            raise where.error("an AEAD cipher takes authentication NULL")
+        if stem == "chacha20poly1305":
+            proposal = stem
+        else:
+            proposal = f"aes{_aes_bits(len(enc_key) - 4, where, 'AES-GCM takes 20, 28 or 36 (key and 4-byte salt)')}{stem}"
+        return _make_sa(where, proposal, spi, src, dst, enc_key, b"", unchecked=False, implicit_iv=iiv)
+    if auth is None:
+        raise where.error("ESP without an ICV (authentication NULL with a CBC/CTR cipher) is not supported")
+    if stem in ("aes", "aesctr"):
+        ctr = stem == "aesctr"
+        bits = _aes_bits(len(enc_key) - 4 * ctr, where,
+                         "AES-CTR takes 20, 28 or 36 (key and 4-byte nonce)" if ctr else "AES-CBC takes 16, 24 or 32")
+        stem = f"aes{bits}" + ("ctr" if ctr else "")
+    unchecked = auth.endswith("!") or not auth_key
+    return _make_sa(where, f"{stem}-{auth.rstrip('!')}", spi, src, dst, enc_key,
+                    b"" if auth.endswith("!") else auth_key, unchecked=unchecked)
+
+
+def load_secrets(path: str) -> list[SAConfig]:
+    """The SAs of a tcpdump espsecret file (``SPI@DST ALGO:SECRET`` a line, as ``tcpdump -E``
+    takes) or of a Wireshark ``esp_sa`` UAT file (quoted, comma-separated fields), told apart
+    by the first line that is not a comment. Raises FileError naming the file and line, never
+    a key. An SA without its integrity key gets ``icv_unchecked``: decrypted, its ICV stripped."""
+    check_input(path)
+    with open(path, "rb") as f:
+        data = f.read(MAX_SECRETS_BYTES + 1)
+    if len(data) > MAX_SECRETS_BYTES:
+        raise FileError(path, f"larger than {MAX_SECRETS_BYTES} bytes: not a secrets file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FileError(path, "not UTF-8 text") from None
+    if "\0" in text:
+        raise FileError(path, "contains a NUL byte: not a text file")
+    sas: list[SAConfig] = []
+    seen: dict[tuple[int, bytes], int] = {}
+    parse = None
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if parse is None:
+            parse = _wireshark_line if line.startswith('"') else _tcpdump_line
+        where = _Line(path, number)
+        sa = parse(line, where)
+        key = (sa.spi, sa.dst.packed)
+        if key in seen:
+            raise where.error(f"SPI {sa.spi:#x} to {sa.dst} is already given on line {seen[key]}")
+        seen[key] = number
+        sas.append(sa)
+    if not sas:
+        raise FileError(path, "no SAs: expected SPI@DST ALGO:SECRET lines (tcpdump) or esp_sa records (Wireshark)")
+    return sas
