@@ -46,9 +46,9 @@ from fastpath import TUNNEL, Status, netio
 
 from ipsp import netdev
 from ipsp.config import Config, GatewaySettings
-from ipsp.control import ControlError, ControlServer, SIGNALS, _only, _param, _shown, load_for_serving, serve
+from ipsp.control import ControlError, ControlServer, SIGNALS, _only, _param, load_for_serving, serve
 from ipsp.engine import Engine
-from ipsp.errors import ConfigError
+from ipsp.errors import ConfigError, shown
 from ipsp.pmtu import PathMTU, RateLimit, frag_needed, fragment4, packet_too_big, parse_frag_needed
 
 __all__ = ["Gateway", "GatewayControl", "run_gateway"]
@@ -583,7 +583,7 @@ class GatewayControl(ControlServer):
             return daemon.status()
         name = _param(params, "connection", str, None)
         if name is None:
-            raise ConfigError(f"ike {_shown(action)} needs the name of a connection")
+            raise ConfigError(f"ike {shown(action)} needs the name of a connection")
         ike = daemon.ike
         if action == "initiate":
             daemon.call(ike.initiate, name)
@@ -594,7 +594,7 @@ class GatewayControl(ControlServer):
         if action == "rekey":
             rekey_ike = _param(params, "ike", bool, False)
             return {"connection": name, "started": daemon.call(lambda: ike.rekey(name, ike=rekey_ike))}
-        raise ConfigError(f"unknown ike action {_shown(action)} (status, initiate, terminate, rekey)")
+        raise ConfigError(f"unknown ike action {shown(action)} (status, initiate, terminate, rekey)")
 
     def apply(self, cfg: Config) -> None:
         if cfg.gateway is None:

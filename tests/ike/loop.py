@@ -97,3 +97,44 @@ class Pair:
     def connect(self) -> None:
         self.a.ike.initiate(next(iter(self.a.ike.connections)))
         self.run()
+
+
+# -- daemons on real loopback sockets (IkeDaemon, the transport) -----------------------------------
+
+SOCKET_PSK = "0x" + "5a" * 32
+
+
+def socket_daemon(me: str, peer: str, my_addr: str, peer_addr: str, port: int, *, start: str, **kw):
+    """An IkeDaemon on *my_addr*:*port* (and port+1 for NAT-T) with one PSK connection to
+    *peer_addr*; *start* as in [[connection]]; **kw to IkeDaemon (nat_socket, ...)."""
+    from ipsp.config import config_from_document
+    from ipsp.engine import Engine
+    from ipsp.ike.transport import IkeDaemon
+
+    cfg = config_from_document({
+        "ike": {"local_id": f"fqdn:{me}.ipsp.test", "port": port, "nat_port": port + 1, "retransmit_timeout": 0.2},
+        "peer": [{"name": peer, "id": f"fqdn:{peer}.ipsp.test", "auth": "psk", "psk": SOCKET_PSK}],
+        "connection": [{"name": "c", "peer": peer, "remote": peer_addr, "local_ts": "10.1.0.0/16" if me == "a"
+                        else "10.2.0.0/16", "remote_ts": "10.2.0.0/16" if me == "a" else "10.1.0.0/16",
+                        "start": start}],
+    })
+    engine = Engine()
+    engine.apply_config(cfg)
+    return IkeDaemon(engine, cfg.ike, cfg.connections, my_addr, **kw)
+
+
+def free_udp_ports(n: int) -> int:
+    """The first of *n* consecutive UDP ports free on 127.0.0.1 now (the test skips if none)."""
+    import socket
+
+    import pytest
+
+    for port in range(31000, 60000, 11):
+        try:
+            for p in range(port, port + n):
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    s.bind(("127.0.0.1", p))
+            return port
+        except OSError:
+            continue
+    pytest.skip("no free UDP ports")

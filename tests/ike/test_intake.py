@@ -15,18 +15,15 @@ import time
 
 import pytest
 
-from ipsp.config import config_from_document
-from ipsp.engine import Engine
 from ipsp.ike import ikesa
 from ipsp.ike.config import IkeSettings
 from ipsp.ike.intake import ESTABLISHED, NEW, Intake, QuietLog
 from ipsp.ike.message import KE, SA, ExchangeType, Header, Message, Nonce, Notify, NotifyType
 from ipsp.ike.proposals import parse_ike
-from ipsp.ike.transport import NON_ESP_MARKER, IkeDaemon, steering_program
+from ipsp.ike.transport import NON_ESP_MARKER, steering_program
 
-from ike_loop import Pair
+from ike_loop import Pair, free_udp_ports as free_ports, socket_daemon as daemon
 
-PSK = "0x" + "5a" * 32
 
 
 def init_request(spi_i: bytes = b"\1" * 8, size: int = 0) -> bytes:
@@ -123,31 +120,6 @@ def test_steering_program_shape():
     rets = [struct.unpack_from("=HBBI", prog, i)[3] for i in range(0, len(prog), 8)
             if struct.unpack_from("=HBBI", prog, i)[0] == 0x06]
     assert rets == [2, 3, 0]
-
-
-def daemon(me: str, peer: str, my_addr: str, peer_addr: str, port: int, *, start: str, **kw) -> IkeDaemon:
-    cfg = config_from_document({
-        "ike": {"local_id": f"fqdn:{me}.ipsp.test", "port": port, "nat_port": port + 1, "retransmit_timeout": 0.2},
-        "peer": [{"name": peer, "id": f"fqdn:{peer}.ipsp.test", "auth": "psk", "psk": PSK}],
-        "connection": [{"name": "c", "peer": peer, "remote": peer_addr, "local_ts": "10.1.0.0/16" if me == "a"
-                        else "10.2.0.0/16", "remote_ts": "10.2.0.0/16" if me == "a" else "10.1.0.0/16",
-                        "start": start}],
-    })
-    engine = Engine()
-    engine.apply_config(cfg)
-    return IkeDaemon(engine, cfg.ike, cfg.connections, my_addr, **kw)
-
-
-def free_ports(n: int) -> int:
-    for port in range(31000, 60000, 11):
-        try:
-            for p in range(port, port + n):
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                    s.bind(("127.0.0.1", p))
-            return port
-        except OSError:
-            continue
-    pytest.skip("no free UDP ports")
 
 
 def drain(sock: socket.socket) -> list[bytes]:

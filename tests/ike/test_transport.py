@@ -3,45 +3,15 @@ addresses (high ports, so no privileges are needed), each owning its IKE and NAT
 gateway): the handshake moves to the NAT-T port, the engines get mirrored SAs, control calls
 and status work from another thread, stop() deletes the IKE SA at the peer."""
 
-import socket
 import time
 
-import pytest
-
-from ipsp.config import config_from_document
-from ipsp.engine import Engine
-from ipsp.ike.transport import IkeDaemon
-
-PSK = "0x" + "5a" * 32
 
 
-def daemon(me: str, peer: str, my_addr: str, peer_addr: str, port: int, *, start: str) -> IkeDaemon:
-    cfg = config_from_document({
-        "ike": {"local_id": f"fqdn:{me}.ipsp.test", "port": port, "nat_port": port + 1, "retransmit_timeout": 0.2},
-        "peer": [{"name": peer, "id": f"fqdn:{peer}.ipsp.test", "auth": "psk", "psk": PSK}],
-        "connection": [{"name": "c", "peer": peer, "remote": peer_addr, "local_ts": "10.1.0.0/16" if me == "a"
-                        else "10.2.0.0/16", "remote_ts": "10.2.0.0/16" if me == "a" else "10.1.0.0/16",
-                        "start": start}],
-    })
-    engine = Engine()
-    engine.apply_config(cfg)
-    return IkeDaemon(engine, cfg.ike, cfg.connections, my_addr)
-
-
-def free_port_pair() -> int:
-    for port in range(30000, 60000, 7):
-        try:
-            for p in (port, port + 1):
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                    s.bind(("127.0.0.1", p))
-            return port
-        except OSError:
-            continue
-    pytest.skip("no free UDP port pair")
+from ike_loop import free_udp_ports, socket_daemon as daemon
 
 
 def test_two_daemons_on_loopback():
-    port = free_port_pair()
+    port = free_udp_ports(2)
     b = daemon("b", "a", "127.0.0.2", "127.0.0.1", port, start="none")
     a = daemon("a", "b", "127.0.0.1", "127.0.0.2", port, start="start")
     b.start()
