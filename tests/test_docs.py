@@ -83,8 +83,12 @@ proposal = "aes128-sha256"
 enc_key = "0x000102030405060708090a0b0c0d0e0f"
 auth_key = "0x101112131415161718191a1b1c1d1e1f101112131415161718191a1b1c1d1e1f"
 """
+# the same SA as Wireshark's esp_sa table writes it (Preferences, Protocols, ESP), for --secrets
+README_ESP_SA = ('"IPv4","192.0.2.1","192.0.2.2","0x12345678","AES-CBC [RFC3602]","0x000102030405060708090a0b0c0d0e0f",'
+                 '"HMAC-SHA-256-128 [RFC4868]","0x101112131415161718191a1b1c1d1e1f101112131415161718191a1b1c1d1e1f"\n')
 EXTRA_SETUP = {
-    "README.md": f"ipsp trace gen imix plain.pcap --packets {PACKETS}\ncat > sa.toml <<'EOF'\n{README_SA}EOF\nchmod 600 sa.toml\n",
+    "README.md": f"ipsp trace gen imix plain.pcap --packets {PACKETS}\ncat > sa.toml <<'EOF'\n{README_SA}EOF\n"
+                 f"cat > esp_sa <<'EOF'\n{README_ESP_SA}EOF\nchmod 600 sa.toml esp_sa\n",
 }
 
 MARKER = re.compile(r"<!--\s*doc-test:\s*([\w-]+)\s*(.*?)\s*-->")

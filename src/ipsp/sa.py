@@ -131,10 +131,15 @@ class SAConfig:
     def make_state(self) -> fastpath.SAState:
         """Build the kernel state for this SA (a new one each call: each owns its counters)."""
         t = self.transform
+        auth_key = self.auth_key
+        if self.icv_unchecked and not auth_key and t.auth_key_len:
+            # the kernel keys its HMAC even for an SA that never verifies; this key is never
+            # used: the ICV is only stripped by its length (RFC 4303 2.8)
+            auth_key = bytes(t.auth_key_len)
         try:
             return fastpath.SAState(
                 spi=self.spi, cipher=t.cipher, integ=t.integ, icv_len=t.icv_len,
-                enc_key=self.enc_key, auth_key=self.auth_key,
+                enc_key=self.enc_key, auth_key=auth_key,
                 mode=fastpath.TUNNEL if self.mode == "tunnel" else fastpath.TRANSPORT,
                 src=self.src.packed, dst=self.dst.packed, udp=self.udp, sport=self.sport,
                 dport=self.dport, esn=self.esn, replay_window=self.replay_window,

@@ -29,7 +29,7 @@ import ipaddress
 import re
 import struct
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Iterable
 
 import fastpath
@@ -159,14 +159,6 @@ def _out_linktype(linktype: int) -> int:
     return pcap.LINKTYPE_RAW if linktype in (pcap.LINKTYPE_IPV4, pcap.LINKTYPE_IPV6, -1) else linktype
 
 
-def _state(sa: SAConfig) -> fastpath.SAState:
-    if sa.icv_unchecked and not sa.auth_key and sa.transform.auth_key_len:
-        # the kernel keys its HMAC even when told not to verify; with verify=False the key is
-        # never used, the ICV is only stripped by its length (RFC 4303 2.8)
-        sa = replace(sa, auth_key=bytes(sa.transform.auth_key_len))
-    return sa.make_state()
-
-
 def _run(in_path: str, out_path: str, sas: list[SAConfig], encrypt: bool, verify: bool,
          sources: Iterable[str]) -> TraceReport:
     if not sas:
@@ -179,7 +171,7 @@ def _run(in_path: str, out_path: str, sas: list[SAConfig], encrypt: bool, verify
     if not encrypt:
         report.unchecked = [f"{sa.spi:#010x} to {sa.dst}" for sa, v in zip(sas, verifies) if not v]
     with replacing(out_path, inputs=[in_path, *sources]) as tmp:
-        states = [_state(sa) for sa in sas]
+        states = [sa.make_state() for sa in sas]
         chooser = _Chooser(sas)
         try:
             with pcap.open_trace(in_path) as trace:

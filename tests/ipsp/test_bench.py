@@ -223,7 +223,7 @@ def test_bench_on_a_capture_without_ip_packets_is_one_line_exit_1(tmp_path, cont
         path.write_bytes(content)
     r = _cli("--trace", str(path), "--proposal", "aes128gcm16", "--plot", str(tmp_path / "p.png"))
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
-    assert f"none.pcap: no IP packets to measure" in r.stderr and words in r.stderr and "Traceback" not in r.stderr
+    assert "none.pcap: no IP packets to measure" in r.stderr and words in r.stderr and "Traceback" not in r.stderr
     assert sorted(os.listdir(tmp_path)) == ["none.pcap"]          # no plot, no temporary file
 
 
