@@ -49,7 +49,8 @@ from ipsp.config import Config, GatewaySettings
 from ipsp.control import ControlError, ControlServer, SIGNALS, _only, _param, load_for_serving, serve
 from ipsp.engine import Engine
 from ipsp.errors import ConfigError, shown
-from ipsp.pmtu import PathMTU, RateLimit, frag_needed, fragment4, packet_too_big, parse_frag_needed
+from ipsp.pmtu import PathMTU, frag_needed, fragment4, packet_too_big, parse_frag_needed
+from ipsp.ratelimit import QuietLog, RateLimit
 
 __all__ = ["Gateway", "GatewayControl", "run_gateway"]
 
@@ -104,6 +105,7 @@ class Gateway:
         self.settings = settings
         self.io = netio.IOStats()
         self.pmtu = PathMTU(settings.path_mtu)
+        self.quiet = QuietLog(log)
         self.icmp_limit = RateLimit()
         self.failed = False
         self.tun: netdev.Tun | None = None
@@ -426,7 +428,8 @@ class Gateway:
         for peer, mtu in reports:
             if self.pmtu.report(peer, mtu):
                 self._in["pmtu_reports"] += 1
-                log.info("path MTU to %s lowered to %d", peer, self.pmtu.get(peer))
+                # the reports are unauthenticated: a flood of forged ones must not flood the log
+                self.quiet(logging.INFO, "pmtu", "path MTU to %s lowered to %d", peer, self.pmtu.get(peer))
                 changed = True
         if changed:
             self._apply_pmtu()

@@ -10,7 +10,7 @@ ICMP errors that tell inner senders, and RFC 791 fragmentation of inner packets.
   (RFC 792, RFC 1191 section 4) and ICMPv6 "packet too big" (RFC 4443 3.2) for such a packet,
   announcing the largest inner packet that fits (``SAState.max_inner``); they return None
   where the RFCs forbid an error (about an ICMP error, a non-first fragment, a source that is
-  not one host). :class:`RateLimit` bounds how many go out (RFC 1812 4.3.2.8, RFC 4443 2.4 f).
+  not one host). :class:`ipsp.ratelimit.RateLimit` bounds how many go out (RFC 1812 4.3.2.8, RFC 4443 2.4 f).
 - :func:`fragment4` splits an IPv4 packet with DF clear (RFC 791 3.2) for SAs with
   ``fragment = "inner"``.
 - :func:`parse_frag_needed` reads an ICMP "fragmentation needed" from a raw ICMP socket, for
@@ -31,7 +31,7 @@ from typing import Callable
 
 from ipsp.gen import internet_checksum
 
-__all__ = ["PathMTU", "RateLimit", "frag_needed", "packet_too_big", "fragment4", "parse_frag_needed",
+__all__ = ["PathMTU", "frag_needed", "packet_too_big", "fragment4", "parse_frag_needed",
            "MIN_MTU", "PMTU_AGE", "PMTU_PEERS"]
 
 MIN_MTU = {4: 576, 6: 1280}       # RFC 1122 3.3.3 (what every IPv4 host reassembles); RFC 8200 5
@@ -110,27 +110,6 @@ class PathMTU:
     def lowered(self) -> dict[str, int]:
         with self._lock:
             return {p: m for p, (m, _) in self._lowered.items()}
-
-
-class RateLimit:
-    """A token bucket: at most *rate* per second, *burst* at once (Linux's icmp_msgs_per_sec
-    and icmp_msgs_burst defaults)."""
-
-    def __init__(self, rate: float = 1000.0, burst: int = 50, *, clock: Callable[[], float] = time.monotonic):
-        self.rate, self.burst, self._clock = rate, burst, clock
-        self._tokens = float(burst)
-        self._at = clock()
-        self._lock = threading.Lock()
-
-    def allow(self) -> bool:
-        with self._lock:
-            now = self._clock()
-            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
-            self._at = now
-            if self._tokens >= 1:
-                self._tokens -= 1
-                return True
-            return False
 
 
 # -- ICMP errors ---------------------------------------------------------------------------------

@@ -17,10 +17,11 @@ import pytest
 
 from ipsp.ike import ikesa
 from ipsp.ike.config import IkeSettings
-from ipsp.ike.intake import ESTABLISHED, NEW, Intake, QuietLog
+from ipsp.ike.intake import ESTABLISHED, NEW, Intake
 from ipsp.ike.message import KE, SA, ExchangeType, Header, Message, Nonce, Notify, NotifyType
 from ipsp.ike.proposals import parse_ike
 from ipsp.ike.transport import NON_ESP_MARKER, steering_program
+from ipsp.ratelimit import QuietLog
 
 from ike_loop import Pair, free_udp_ports as free_ports, socket_daemon as daemon
 

@@ -36,7 +36,8 @@ from ipsp.control import ControlClient
 from ipsp.engine import Engine
 from ipsp.errors import ConfigError
 from ipsp.gateway import Gateway, GatewayControl
-from ipsp.pmtu import PathMTU, RateLimit, frag_needed, fragment4, packet_too_big, parse_frag_needed
+from ipsp.pmtu import PathMTU, frag_needed, fragment4, packet_too_big, parse_frag_needed
+from ipsp.ratelimit import RateLimit
 
 SRC = os.pathsep.join(dict.fromkeys(str(pathlib.Path(m.__file__).resolve().parents[1]) for m in (ipsp, fastpath)))
 A4, A6 = ipaddress.IPv4Address("10.1.0.1"), ipaddress.IPv6Address("2001:db8:1::1")

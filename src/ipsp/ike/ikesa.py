@@ -50,7 +50,7 @@ from ipsp.ike import certs
 from ipsp.ike.config import Connection, IkeSettings
 from ipsp.ike.crypto import (DHGroup, IkeKeys, Prf, SKCipher, child_keymat, ike_keys, psk_auth, rekey_skeyseed,
                              sign, signed_octets, skeyseed, verify, SIGNATURE_HASHES, CryptoError, IntegrityError)
-from ipsp.ike.intake import QuietLog
+from ipsp.ratelimit import QuietLog
 from ipsp.ike.message import (AUTH, CERT, CERTREQ, HEADER_LEN, KE, SA, SK, SKF, AuthMethod, Delete, ExchangeType,
                               Header,
                               IDi, IDr, MalformedMessage, Message, Nonce, Notify, NotifyType, Payload, ProtocolId,

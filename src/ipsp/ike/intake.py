@@ -22,16 +22,13 @@ queues' byte limits, whatever arrives.
 
 from __future__ import annotations
 
-import logging
 import threading
-import time
 from collections import deque
 from typing import Callable, Iterator
 
 from ipsp.ike.message import FLAG_INITIATOR, HEADER_LEN, IKE_MAJOR_VERSION
-from ipsp.pmtu import RateLimit
 
-__all__ = ["Intake", "QuietLog", "ESTABLISHED", "NEW"]
+__all__ = ["Intake", "ESTABLISHED", "NEW"]
 
 ESTABLISHED, NEW = "established", "new"
 _ZERO_SPI = bytes(8)
@@ -111,31 +108,3 @@ class Intake:
         with self._lock:
             return {**self.counters, **{f"queue_{k}": len(q) for k, q in self._queues.items()},
                     **{f"queue_{k}_bytes": b for k, b in self._bytes.items()}}
-
-
-class QuietLog:
-    """Log lines that arriving datagrams cause, limited per *reason* (a fixed string) to
-    *burst* at once and *rate* a second, so a flood cannot flood the log too; what is held
-    back is counted and the next line let through for that reason says how many."""
-
-    def __init__(self, logger: logging.Logger, *, rate: float = 1.0, burst: int = 10,
-                 clock: Callable[[], float] = time.monotonic):
-        self.logger, self.rate, self.burst, self.clock = logger, rate, burst, clock
-        self._limits: dict[str, RateLimit] = {}
-        self._held: dict[str, int] = {}
-        self.suppressed = 0
-
-    def __call__(self, level: int, reason: str, msg: str, *args, exc_info: bool = False) -> None:
-        if not self.logger.isEnabledFor(level):
-            return
-        limit = self._limits.get(reason)
-        if limit is None:
-            limit = self._limits[reason] = RateLimit(self.rate, self.burst, clock=self.clock)
-        if not limit.allow():
-            self._held[reason] = self._held.get(reason, 0) + 1
-            self.suppressed += 1
-            return
-        held = self._held.pop(reason, 0)
-        if held:
-            msg, args = msg + " (and %d more like it, not logged)", (*args, held)
-        self.logger.log(level, msg, *args, exc_info=exc_info, stacklevel=2)

@@ -37,7 +37,8 @@ from typing import Callable
 from ipsp.ike import certs
 from ipsp.ike.config import Connection, IkeSettings
 from ipsp.ike.ikesa import Ike
-from ipsp.ike.intake import Intake, QuietLog
+from ipsp.ike.intake import Intake
+from ipsp.ratelimit import QuietLog
 
 __all__ = ["IkeDaemon", "NON_ESP_MARKER", "load_credentials"]
 
