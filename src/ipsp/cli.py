@@ -536,6 +536,15 @@ def _cmd_stats(args: argparse.Namespace) -> int:
         print(_grid(["SPI", "DIR", "DST", "STATE", "REQID", "PACKETS", "BYTES", "LATE", "OTHER"], rows))
     if stats.get("gateway"):
         _gateway_tables(stats["gateway"])
+    # what arrives unauthenticated and is bounded on the way in: the control socket's and
+    # the IKE daemon's own counters, one line each
+    print()
+    print("control:   " + " ".join(f"{k}={v}" for k, v in (stats.get("control") or {}).items()))
+    if stats.get("ike"):
+        # two dozen counters each, most of them 0: the ones that are not, as OTHER does above
+        for title in ("counters", "intake"):
+            shown = " ".join(f"{k}={v}" for k, v in stats["ike"][title].items() if v)
+            print(f"{'ike ' + title + ':':<16}{shown or '-'}")
     return 0
 
 
@@ -550,7 +559,8 @@ def _gateway_tables(g: dict) -> None:
                    for d in ("outbound", "inbound")]))
     print()
     for title, group in (("icmp", g["icmp"]), ("fragments", g["fragments"]), ("dropped", g["dropped"]),
-                         ("other", {"keepalives_sent": g["keepalives_sent"], "pmtu_reports": g["pmtu"]["reports"]})):
+                         ("other", {"keepalives_sent": g["keepalives_sent"], "pmtu_reports": g["pmtu"]["reports"],
+                                    "pmtu_evicted": g["pmtu"]["evicted"]})):
         print(f"{title + ':':<11}" + " ".join(f"{k}={v}" for k, v in group.items()))
     if g["path_mtu"]:
         print()

@@ -124,3 +124,9 @@ def test_ike_flood_leaves_the_tunnel_rekeying_and_the_gateway_answering(sender, 
     # and every flood datagram is somewhere: dropped by the kernel, by the intake, or served
     assert intake["kernel_dropped_new"] + intake["dropped_new"] + intake["queued_new"] >= FLOOD_4500 + FLOOD_500
     assert ike["cookies_sent"] > 0 and ike["integrity_failed"] == 0, ike
+    # and an operator reading `ipsp stats` sees the same drops, on the intake's own line
+    text = gw2.ipsp("stats").stdout
+    (line,) = [x for x in text.splitlines() if x.startswith("ike intake:")]
+    names = {field.split("=")[0] for field in line.split()[2:]}     # the counters that are not 0
+    assert {"kernel_dropped_new", "dropped_new", "queued_established"} <= names, text
+    assert "dropped_established" not in names and "kernel_dropped_established" not in names, text

@@ -280,7 +280,9 @@ def test_stats_prometheus_and_events(engine):
     stats = json.loads(ok("stats", "--socket", engine.socket, "--json"))
     assert set(stats) == {"totals", "sas", "control"} and len(stats["sas"]) == 2
     assert stats["control"]["accepted"] >= 1 and stats["control"]["refused_over_limit"] == 0
-    assert ok("stats", "--socket", engine.socket).splitlines()[0].split() == ["OUTCOME", "IN", "OUT"]
+    text = ok("stats", "--socket", engine.socket).splitlines()
+    assert text[0].split() == ["OUTCOME", "IN", "OUT"]
+    assert text[-1].startswith("control:") and "accepted=" in text[-1]      # the socket's own counters
     prom = ok("stats", "--socket", engine.socket, "--prometheus")
     assert 'ipsp_sas{state="mature"} 2' in prom and "# TYPE ipsp_packets_total counter" in prom
     assert json.loads(ok("events", "--socket", engine.socket, "--json")) == []
