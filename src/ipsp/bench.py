@@ -618,7 +618,7 @@ def plot(results: Sequence[BenchResult], path: str, *, title: str) -> None:
                  fontsize=9)
     ax.legend(loc="upper left")
     fig.tight_layout()
-    # the caller names the file (ipsp.outfile gives a temporary one without a suffix)
+    # the caller names the file (ipsp.files gives a temporary one without a suffix)
     fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
 

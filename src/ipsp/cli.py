@@ -12,7 +12,7 @@ import fastpath
 
 from ipsp._version import __version__
 from ipsp.errors import ConfigError
-from ipsp.outfile import FileError, check_input, replacing
+from ipsp.files import FileError, check_input, replacing
 
 
 def _error(text: str) -> None:
@@ -367,6 +367,13 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
 
     try:
         cfg = load_config(args.file)
+        if cfg.ike is not None:
+            # the certificates, keys and CRLs [ike] names are read when the daemon starts:
+            # read them now, so that what passes here starts
+            from ipsp.ike.transport import load_credentials
+            from ipsp.pad import PeerAuthorizationDatabase
+
+            load_credentials(cfg.ike, PeerAuthorizationDatabase(cfg.peers))
     except ConfigError as exc:
         print(exc, file=sys.stderr)           # FILE:KEY: message
         return 1
@@ -861,7 +868,7 @@ def main(argv: list[str] | None = None) -> int:
         _error(f"ipsp: {exc}")
         return 1
     except KeyboardInterrupt:
-        # Ctrl-C in a bench or a long trace: outputs in progress are removed (ipsp.outfile)
+        # Ctrl-C in a bench or a long trace: outputs in progress are removed (ipsp.files)
         _error("ipsp: interrupted")
         return 130
     except BrokenPipeError:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import ipaddress
 import functools
 import os
-import stat
 import tomllib
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -25,6 +24,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from ipsp.errors import ConfigError, bound, notes_on_success, shown
+from ipsp.files import FileError, read_input
 from ipsp.ike.config import Connection, IkeSettings, connection, ike_settings
 from ipsp.pad import Identity, Peer
 from ipsp.sa import _KNOWN as _SA_KEYS
@@ -44,20 +44,12 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     a nesting that exhausts the parser's stack included, is a ConfigError naming the file. A
     file that holds secrets inline and is readable by others draws a warning."""
     where = str(path)
-    if "\0" in where:
-        raise ConfigError("the path contains a NUL character", path=where)
     try:
-        # non-blocking: opening a FIFO must not wait for a writer; /dev/zero or a FIFO would
-        # then be read for ever, so only a regular file is read at all
-        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC), "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise ConfigError("not a regular file", path=where)
-            doc = tomllib.load(f)
-    except ConfigError:
-        raise
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", path=where) from None
+        data, st = read_input(path, None)
+    except FileError as exc:
+        raise ConfigError(f"cannot read: {exc.problem}" if exc.unreadable else exc.problem, path=where) from None
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", path=where) from None
     except UnicodeDecodeError:

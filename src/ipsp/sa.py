@@ -18,6 +18,7 @@ import fastpath
 from fastpath import Backend
 
 from ipsp.errors import ConfigError, looks_like_key, note_once, shown
+from ipsp.files import FileError, read_input
 from ipsp.transforms import Transform, parse_esp_proposal
 
 __all__ = ["SAConfig", "Selector", "sa_from_mapping", "KEY_FILE_MAX", "warn_if_exposed"]
@@ -181,20 +182,11 @@ def read_key_file(name: str, key: str) -> str:
     """The hex text of a key file: a regular file of at most KEY_FILE_MAX bytes. Opened without
     blocking so a FIFO named by mistake cannot hang a reload; never echoes what it holds."""
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise ConfigError(f"cannot read key file {shown(name, 256)}: {exc.strerror}", key=key) from None
-    with open(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"key file {shown(name, 256)} is not a regular file", key=key)
-        try:
-            data = f.read(KEY_FILE_MAX + 1)
-        except OSError as exc:
-            raise ConfigError(f"cannot read key file {shown(name, 256)}: {exc.strerror}", key=key) from None
-    if len(data) > KEY_FILE_MAX:
-        raise ConfigError(f"key file {shown(name, 256)} is larger than {KEY_FILE_MAX} bytes: "
-                          "a key file holds one key as hex text", key=key)
+        data, st = read_input(name, KEY_FILE_MAX)
+    except FileError as exc:
+        raise ConfigError(f"cannot read key file {shown(name, 256)}: {exc.problem}" if exc.unreadable
+                          else f"key file {shown(name, 256)} {exc.problem}: a key file holds one key as hex text",
+                          key=key) from None
     warn_if_exposed(st, f"key file {shown(name, 256)}", key)
     try:
         return data.decode("ascii").strip()

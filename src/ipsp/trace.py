@@ -14,7 +14,7 @@ passed. Packets an SA claims but cannot process are counted per reason and left 
 the output; every packet is in exactly one count.
 
 The output is written to a temporary file next to it and renamed into place when the run
-succeeded (:mod:`ipsp.outfile`); it is refused when it is the input or the SA file. A run
+succeeded (:mod:`ipsp.files`); it is refused when it is the input or the SA file. A run
 that read packets but processed none of them (a wrong key, SAs that match nothing) raises
 :class:`NothingProcessed` and writes nothing.
 
@@ -37,7 +37,7 @@ from fastpath import PacketBatch, Status
 
 from ipsp import pcap
 from ipsp.errors import ConfigError
-from ipsp.outfile import FileError, check_input, replacing
+from ipsp.files import FileError, check_input, read_input, replacing
 from ipsp.sa import SAConfig
 from ipsp.transforms import parse_proposal
 
@@ -461,11 +461,7 @@ def load_secrets(path: str) -> list[SAConfig]:
     takes) or of a Wireshark ``esp_sa`` UAT file (quoted, comma-separated fields), told apart
     by the first line that is not a comment. Raises FileError naming the file and line, never
     a key. An SA without its integrity key gets ``icv_unchecked``: decrypted, its ICV stripped."""
-    check_input(path)
-    with open(path, "rb") as f:
-        data = f.read(MAX_SECRETS_BYTES + 1)
-    if len(data) > MAX_SECRETS_BYTES:
-        raise FileError(path, f"larger than {MAX_SECRETS_BYTES} bytes: not a secrets file")
+    data = read_input(path, MAX_SECRETS_BYTES)[0]
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

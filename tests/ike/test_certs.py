@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -302,11 +303,17 @@ def test_credential_load_errors(root, tmp_path):
     _, other_key = pki.write(tmp_path, "other", pki.make_cert(root, "other"))
     garbage = tmp_path / "garbage.pem"
     garbage.write_bytes(b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    fifo = tmp_path / "fifo.pem"
+    os.mkfifo(fifo)
     cases = [((tmp_path / "missing.pem", key_path), tmp_path / "missing.pem", "cannot read"),
              ((garbage, key_path), garbage, "certificate"),
              ((cert_path, garbage), garbage, "private key"),
              ((cert_path, other_key), other_key, "does not match"),
-             ((cert_path, key_path, [tmp_path / "nochain.pem"]), tmp_path / "nochain.pem", "cannot read")]
+             ((cert_path, key_path, [tmp_path / "nochain.pem"]), tmp_path / "nochain.pem", "cannot read"),
+             # a device or a FIFO named by mistake is refused at once, not read for ever (or waited on)
+             ((Path("/dev/zero"), key_path), Path("/dev/zero"), "not a regular file"),
+             ((fifo, key_path), fifo, "not a regular file"),
+             ((tmp_path, key_path), tmp_path, "cannot read: Is a directory")]
     for args, path, words in cases:
         with pytest.raises(ConfigError, match=words) as info:
             Credential.load(*args)

@@ -113,6 +113,21 @@ def test_config_check_stderr_never_shows_the_key(tmp_path):
     assert HEX not in r.stderr and "11111111" not in r.stderr
 
 
+@pytest.mark.parametrize("cert", ["missing.pem", "garbage.pem", "/dev/zero"])
+def test_config_check_reads_the_certificates_the_daemon_will_read(tmp_path, cert):
+    """[ike].cert, key, cacerts and crls are read when the gateway starts; config check reads
+    them too (before, a broken certificate passed the check and failed the start)."""
+    (tmp_path / "garbage.pem").write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    (tmp_path / "key.pem").write_text("-----BEGIN PRIVATE KEY-----\n")
+    (tmp_path / "key.pem").chmod(0o600)
+    f = tmp_path / "c.toml"
+    f.write_text(f'[ike]\ncert = "{tmp_path / cert}"\nkey = "{tmp_path / "key.pem"}"\n')
+    r = subprocess.run([sys.executable, "-m", "ipsp", "config", "check", str(f)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith(str(tmp_path / cert) + ":"), r.stderr
+
+
 def test_shown_keeps_ordinary_values_and_hides_keylike_ones():
     assert shown("tunel") == "'tunel'" and shown(7) == "7" and shown(None) == "None"
     assert shown("2001:db8::1") == "'2001:db8::1'"

@@ -23,7 +23,6 @@ import ipaddress
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Iterable, Sequence
 
 from cryptography import x509
@@ -33,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from ipsp.errors import ConfigError
+from ipsp.files import FileError, read_input
 from ipsp.ike.message import IdType
 from ipsp.pad import Identity
 
@@ -54,6 +54,9 @@ __all__ = [
 CERT_ENCODING_X509_SIGNATURE = 4
 
 MAX_PATH = 8  # certificates in a path, end entity and anchor included
+# a certificate, key, chain or CRL file read at most: a large CA's CRL runs to a few MiB; a
+# path named by mistake (/dev/zero, a disk image) is refused instead of read into memory
+PKI_FILE_MAX = 64 << 20
 
 REASONS = frozenset({
     "untrusted",          # no path to a trust anchor
@@ -305,9 +308,9 @@ def _san_identities(cert: x509.Certificate) -> list[Identity]:
 
 def _read(path) -> bytes:
     try:
-        return Path(path).read_bytes()
-    except OSError as e:
-        raise ConfigError(f"cannot read: {e.strerror or e}", path=str(path)) from None
+        return read_input(path, PKI_FILE_MAX)[0]
+    except FileError as e:
+        raise ConfigError(f"cannot read: {e.problem}" if e.unreadable else e.problem, path=str(path)) from None
 
 
 def _paths(paths) -> list:

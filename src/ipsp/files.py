@@ -1,4 +1,10 @@
-"""Writing an output file without ever harming an input or leaving half a file behind.
+"""The files ipsp reads and writes: inputs checked and read without blocking or without
+bound, outputs written without ever harming an input or leaving half a file behind.
+
+Every file the ``ipsp`` commands and loaders read whole (configuration, SA and secrets files,
+key files, certificates and CRLs) goes through :func:`read_input`: a regular file only,
+opened without blocking (a FIFO named by mistake cannot hang a reload; /dev/zero is refused,
+not read for ever), and at most the size its kind of file can have.
 
 Every file the ``ipsp`` command writes (trace encrypt/decrypt/gen output, bench JSON and
 plots) goes through :func:`replacing`: the output is refused when it is the same file as
@@ -12,19 +18,21 @@ atomic), else removed. A crash or a full disk leaves the old output, or none, ne
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from typing import Iterable, Iterator
 
-__all__ = ["FileError", "replacing", "check_input"]
+__all__ = ["FileError", "replacing", "check_input", "read_input"]
 
 
 class FileError(ValueError):
     """A file that cannot be used as given: ``path`` and ``problem``, shown as "PATH: problem"."""
 
-    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
+    def __init__(self, path: str | os.PathLike[str], problem: str, *, unreadable: bool = False) -> None:
         self.path = os.fsdecode(path)
         self.problem = problem
+        self.unreadable = unreadable      # the system refused it (problem is its reason), not its kind or size
         super().__init__(f"{self.path}: {problem}")
 
 
@@ -56,6 +64,31 @@ def check_input(path: str | os.PathLike[str]) -> os.stat_result:
     if not os.access(name, os.R_OK):
         raise FileError(name, "Permission denied")
     return st
+
+
+def read_input(path: str | os.PathLike[str], limit: int | None) -> tuple[bytes, os.stat_result]:
+    """The contents of the regular file at *path* (at most *limit* bytes, None: any size) and
+    its status; FileError (never another exception) says what is wrong with it."""
+    name = _name(path)
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise FileError(name, _problem(exc), unreadable=True) from None
+    st = os.fstat(fd)
+    if stat.S_ISDIR(st.st_mode):
+        os.close(fd)
+        raise FileError(name, os.strerror(errno.EISDIR), unreadable=True)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise FileError(name, "is not a regular file")
+    with open(fd, "rb") as f:
+        try:
+            data = f.read() if limit is None else f.read(limit + 1)
+        except OSError as exc:
+            raise FileError(name, _problem(exc), unreadable=True) from None
+    if limit is not None and len(data) > limit:
+        raise FileError(name, f"is larger than {limit} bytes")
+    return data, st
 
 
 @contextlib.contextmanager
