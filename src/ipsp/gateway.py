@@ -620,10 +620,7 @@ def _ike_daemon(engine: Engine, cfg: Config, gateway: Gateway):
 
     g = cfg.gateway
     settings = dataclasses.replace(cfg.ike, nat_port=g.udp_port)
-    nat = gateway.sock if g.outer == "udp" else None
-    if nat is None and any(c.encap for c in cfg.connections):
-        raise ConfigError("connections with encap = true need gateway.outer = \"udp\"", path=cfg.path,
-                          key="gateway.outer")
+    nat = gateway.sock if g.outer == "udp" else None      # (encap = true without it: refused by the loader)
     # the UDP socket and the DF socket share the port (SO_REUSEPORT, IPv4): the daemon's IKE
     # sockets join them there and the kernel steers IKE to those (IkeDaemon._open)
     group = [sock for sock in (gateway.sock, gateway.sock_df) if sock is not None] if g.local.version == 4 else []
