@@ -373,7 +373,10 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
             from ipsp.ike.transport import load_credentials
             from ipsp.pad import PeerAuthorizationDatabase
 
-            load_credentials(cfg.ike, PeerAuthorizationDatabase(cfg.peers))
+            try:
+                load_credentials(cfg.ike, PeerAuthorizationDatabase(cfg.peers))
+            except ConfigError as exc:      # it names the certificate file; say which table named it
+                raise ConfigError(str(exc), path=args.file, key="ike") from None
     except ConfigError as exc:
         print(exc, file=sys.stderr)           # FILE:KEY: message
         return 1

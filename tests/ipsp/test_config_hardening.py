@@ -125,7 +125,7 @@ def test_config_check_reads_the_certificates_the_daemon_will_read(tmp_path, cert
     r = subprocess.run([sys.executable, "-m", "ipsp", "config", "check", str(f)], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
-    assert r.stderr.startswith(str(tmp_path / cert) + ":"), r.stderr
+    assert r.stderr.startswith(f"{f}:ike: {tmp_path / cert}:"), r.stderr
 
 
 def test_shown_keeps_ordinary_values_and_hides_keylike_ones():
