@@ -103,3 +103,20 @@ def delete_stale(prefix: str, tmp: str = "/tmp") -> list[str]:
             shutil.rmtree(d, ignore_errors=True)
             gone.append(str(d))
     return gone
+
+
+def free_udp_ports(n: int) -> int:
+    """The first of *n* consecutive UDP ports free on 127.0.0.1 now (the test skips if none)."""
+    import socket
+
+    import pytest
+
+    for port in range(31000, 60000, 11):
+        try:
+            for p in range(port, port + n):
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    s.bind(("127.0.0.1", p))
+            return port
+        except OSError:
+            continue
+    pytest.skip("no free UDP ports")

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hostile
+from nslib import free_udp_ports as free_ports
 from ipsp.config import GatewaySettings, config_from_document
 from ipsp.engine import Engine
 from ipsp.gateway import Gateway
@@ -115,18 +116,6 @@ def daemon(port: int, **kw) -> IkeDaemon:
     engine = Engine()
     engine.apply_config(cfg)
     return IkeDaemon(engine, cfg.ike, cfg.connections, "127.0.0.1", **kw)
-
-
-def free_ports(n: int) -> int:
-    for port in range(41000, 60000, 13):
-        try:
-            for p in range(port, port + n):
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                    s.bind(("127.0.0.1", p))
-            return port
-        except OSError:
-            continue
-    pytest.skip("no free UDP ports")
 
 
 def settle(d: IkeDaemon, expected: int) -> dict:

@@ -121,20 +121,3 @@ def socket_daemon(me: str, peer: str, my_addr: str, peer_addr: str, port: int, *
     engine = Engine()
     engine.apply_config(cfg)
     return IkeDaemon(engine, cfg.ike, cfg.connections, my_addr, **kw)
-
-
-def free_udp_ports(n: int) -> int:
-    """The first of *n* consecutive UDP ports free on 127.0.0.1 now (the test skips if none)."""
-    import socket
-
-    import pytest
-
-    for port in range(31000, 60000, 11):
-        try:
-            for p in range(port, port + n):
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                    s.bind(("127.0.0.1", p))
-            return port
-        except OSError:
-            continue
-    pytest.skip("no free UDP ports")

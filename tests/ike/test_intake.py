@@ -23,7 +23,8 @@ from ipsp.ike.proposals import parse_ike
 from ipsp.ike.transport import NON_ESP_MARKER, steering_program
 from ipsp.ratelimit import QuietLog
 
-from ike_loop import Pair, free_udp_ports as free_ports, socket_daemon as daemon
+from ike_loop import Pair, socket_daemon as daemon
+from nslib import free_udp_ports as free_ports
 
 
 

@@ -7,7 +7,8 @@ import time
 
 
 
-from ike_loop import free_udp_ports, socket_daemon as daemon
+from ike_loop import socket_daemon as daemon
+from nslib import free_udp_ports
 
 
 def test_two_daemons_on_loopback():

@@ -342,11 +342,9 @@ def test_rekey_is_make_before_break_and_the_old_inbound_sa_lives_out_its_grace()
     assert late.statuses() == ["UNKNOWN_SPI"]
 
 
-def test_concurrent_batches_through_repeated_rekeys_lose_nothing_and_accept_nothing_twice():
-    """Each thread drives its own flow and SA pair (a forwarder shards flows over cores);
-    the main thread rekeys every pair again and again while the batches run."""
-    clock = Clock()
-    threads = 3
+def _sharded_pairs(clock, threads: int) -> tuple[Engine, Engine]:
+    """Two engines with one PROTECT policy and SA pair per thread (flow 10.1.T.0/24 -> 10.2/16,
+    SPI 0x100 + T, reqid T + 1), as a forwarder shards flows over cores."""
     gw1, gw2 = Engine(clock=clock), Engine(clock=clock)
     for t in range(threads):
         net1, net2 = N(f"10.1.{t}.0/24"), N("10.2.0.0/16")
@@ -355,6 +353,15 @@ def test_concurrent_batches_through_repeated_rekeys_lose_nothing_and_accept_noth
         key = os.urandom(20)
         gw2.km.add_sa(cfg(0x100 + t, key), "in", reqid=t + 1)
         gw1.km.add_sa(cfg(0x100 + t, key), "out", reqid=t + 1)
+    return gw1, gw2
+
+
+def test_concurrent_batches_through_repeated_rekeys_lose_nothing_and_accept_nothing_twice():
+    """Each thread drives its own flow and SA pair (a forwarder shards flows over cores);
+    the main thread rekeys every pair again and again while the batches run."""
+    clock = Clock()
+    threads = 3
+    gw1, gw2 = _sharded_pairs(clock, threads)
     batches = [0] * threads
     stop = threading.Event()
     received: list[list[bytes]] = [[] for _ in range(threads)]
@@ -494,16 +501,8 @@ def test_every_packet_is_in_exactly_one_counter_while_sas_are_rekeyed_and_delete
     included."""
     clock = Clock()
     threads = 3
-    gw1, gw2 = Engine(clock=clock), Engine(clock=clock)
-    current = {}
-    for t in range(threads):
-        net1, net2 = N(f"10.1.{t}.0/24"), N("10.2.0.0/16")
-        gw1.km.add_policy(PolicySelector(net1, net2), Action.PROTECT, reqid=t + 1)
-        gw2.km.add_policy(PolicySelector(net1, net2), Action.PROTECT, Direction.IN, reqid=t + 1)
-        key = os.urandom(20)
-        gw2.km.add_sa(cfg(0x100 + t, key), "in", reqid=t + 1)
-        gw1.km.add_sa(cfg(0x100 + t, key), "out", reqid=t + 1)
-        current[t] = 0x100 + t
+    gw1, gw2 = _sharded_pairs(clock, threads)
+    current = {t: 0x100 + t for t in range(threads)}
     gw1.km.add_policy(PolicySelector(N("10.1.99.0/24"), N("10.2.0.0/16")), Action.PROTECT, reqid=99)
     gw2.km.add_policy(PolicySelector(N("10.1.99.0/24"), N("10.2.0.0/16")), Action.PROTECT, Direction.IN, reqid=99)
     submitted = {"out": 0, "in": 0}
