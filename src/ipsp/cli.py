@@ -11,14 +11,14 @@ import time
 import fastpath
 
 from ipsp._version import __version__
-from ipsp.errors import ConfigError
+from ipsp.errors import ConfigError, one_line
 from ipsp.files import FileError, check_input, replacing
 
 
 def _error(text: str) -> None:
     """An error as one line on standard error: a newline in a file name cannot split it, nor
     can a control or bidirectional character disguise it (they are shown escaped)."""
-    print(_escaped(text), file=sys.stderr)
+    print(one_line(text), file=sys.stderr)
 
 
 def _cmd_trace(args: argparse.Namespace) -> int:
@@ -328,10 +328,6 @@ def _client(args: argparse.Namespace):
     return ControlClient(args.socket)
 
 
-def _escaped(text: str) -> str:
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
 def _daemon_log() -> None:
     """The daemons' log on standard error, one line per message: a newline or a control
     character in a file name or a peer's identity cannot forge a second line."""
@@ -339,7 +335,7 @@ def _daemon_log() -> None:
 
     class OneLine(logging.Formatter):
         def formatMessage(self, record: logging.LogRecord) -> str:
-            record.message = _escaped(record.message)
+            record.message = one_line(record.message)
             return super().formatMessage(record)
 
     handler = logging.StreamHandler(sys.stderr)

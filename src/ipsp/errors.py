@@ -20,7 +20,7 @@ from fastpath.status import (  # noqa: F401  (re-exported)
     STATUS_EXCEPTIONS, BufferTooSmall, CryptoFailure, IntegrityError, MalformedPacket,
     NoDataPacket, PacketError, PacketTooBig, ReplayError, SAClosedError, SequenceExhausted)
 
-__all__ = ["IpsecError", "ConfigError", "shown", "redact", "bound", "note_once", "notes_on_success",
+__all__ = ["IpsecError", "ConfigError", "shown", "redact", "one_line", "bound", "note_once", "notes_on_success",
            "looks_like_key"]
 
 # 16 hex digits are 8 bytes, the shortest key ipsp takes (DES); anything that long and made
@@ -53,14 +53,16 @@ def _hide(m: re.Match) -> str:
         return "(hidden: it could be key material)"
 
 
+def one_line(text: str) -> str:
+    """*text* with every control or bidirectional-override character escaped: a newline in a
+    file name or in an identity off the network cannot forge a second log or error line."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def redact(message: str) -> str:
-    """*message* with every key-like run of hex digits replaced by a note, and on one line:
-    a control character from the input (a newline in an identity off the network) is escaped,
-    so no error can forge a second log line."""
-    message = _HEX_RUN.sub("(hidden: it could be key material)", _TOKEN.sub(_hide, message))
-    if not message.isprintable():
-        message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
-    return message
+    """*message* with every key-like run of hex digits replaced by a note, on one line
+    (:func:`one_line`)."""
+    return one_line(_HEX_RUN.sub("(hidden: it could be key material)", _TOKEN.sub(_hide, message)))
 
 
 def shown(value: object, width: int = _SHOWN_CHARS) -> str:

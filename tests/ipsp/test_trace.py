@@ -38,6 +38,16 @@ def _read(path):
         return [bytes(t.frame(i)) for i in range(t.count)], list(t.timestamps)
 
 
+CBC_TUNNEL = f"""
+[[sa]]
+spi = 0x2002
+src = "198.51.100.1"
+dst = "198.51.100.2"
+proposal = "aes128-sha1"
+enc_key = "0x{CBC_KEY.hex()}"
+auth_key = "0x{SHA_KEY.hex()}"
+"""
+
 GCM_TUNNEL = f"""
 [[sa]]
 spi = "0x00001001"
@@ -67,15 +77,7 @@ def test_encrypt_then_decrypt_restores_every_frame(tmp_path, capsys):
 def test_scapy_decrypts_our_capture_and_we_decrypt_scapys(tmp_path):
     packets = gen.imix_packets(40, seed=3)
     _write(tmp_path / "plain.pcap", [_eth(p) for p in packets])
-    sa = _sa_file(tmp_path, f"""
-[[sa]]
-spi = 0x2002
-src = "198.51.100.1"
-dst = "198.51.100.2"
-proposal = "aes128-sha1"
-enc_key = "0x{CBC_KEY.hex()}"
-auth_key = "0x{SHA_KEY.hex()}"
-""")
+    sa = _sa_file(tmp_path, CBC_TUNNEL)
     assert main(["trace", "encrypt", "--sa", sa, str(tmp_path / "plain.pcap"), str(tmp_path / "esp.pcap")]) == 0
     ssa = SecurityAssociation(ESP, spi=0x2002, crypt_algo="AES-CBC", crypt_key=CBC_KEY, auth_algo="HMAC-SHA1-96",
                               auth_key=SHA_KEY, tunnel_header=IP(src="198.51.100.1", dst="198.51.100.2"))
@@ -367,16 +369,7 @@ def _two_sa_capture(tmp_path):
     a = [gen.ipv4_udp(100 + i, bytes([10, 1, 0, i]), bytes([10, 2, 0, 1]), 1000 + i, 53, i, i) for i in range(15)]
     b = [gen.ipv4_udp(60 + i, bytes([10, 3, 0, i]), bytes([10, 4, 0, 1]), 2000 + i, 123, i, i) for i in range(15)]
     _write(tmp_path / "plain.pcap", [_eth(p) for pair in zip(a, b) for p in pair])
-    sa = _sa_file(tmp_path, f"""
-[[sa]]
-spi = 0x2002
-src = "198.51.100.1"
-dst = "198.51.100.2"
-proposal = "aes128-sha1"
-enc_key = "0x{CBC_KEY.hex()}"
-auth_key = "0x{SHA_KEY.hex()}"
-match = {{ src = "10.1.0.0/16" }}
-""" + GCM_TUNNEL + 'match = { src = "10.3.0.0/16" }\n')
+    sa = _sa_file(tmp_path, CBC_TUNNEL + 'match = { src = "10.1.0.0/16" }\n' + GCM_TUNNEL + 'match = { src = "10.3.0.0/16" }\n')
     assert main(["trace", "encrypt", "--sa", sa, str(tmp_path / "plain.pcap"), str(tmp_path / "esp.pcap")]) == 0
     return [_eth(p) for pair in zip(a, b) for p in pair]
 
