@@ -434,8 +434,6 @@ def _failure(exc: BaseException, doing: str) -> str:
         return f"out of memory while {doing} the configuration"
     if isinstance(exc, OSError):
         return f"cannot read it: {exc.strerror or type(exc).__name__}"
-    if isinstance(exc, ValueError) and "null" in str(exc):
-        return "the path contains a NUL character"
     log.debug("%s the configuration failed", doing, exc_info=exc)
     return f"{type(exc).__name__} while {doing} the configuration (details at debug level in the log)"
 
